@@ -1,0 +1,106 @@
+"""The Python API: analyze a model, prune it, and report what changed."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from .criteria import score_groups
+from .graph import Graph
+from .groups import Analysis, analyze
+from .metrics import count_flops, count_params, file_size
+from .rewrite import rewrite, validate
+from .targets import check_ratio, select
+
+
+@dataclass
+class Report:
+    """What a prune did. `removed` names every parameter slice removed, in the input model's
+    tensor names and shapes (a tensor pruned on two axes appears twice)."""
+
+    criterion: str
+    ratio: float
+    scope: str
+    round_to: int
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    size_before: int
+    size_after: int
+    groups_total: int
+    groups_prunable: int
+    groups_pruned: int
+    channels: list = field(default_factory=list)  # per pruned group: id, before, after
+    removed: list = field(default_factory=list)
+    blocked: list = field(default_factory=list)  # per blocked group: id, channels, reasons
+    approximate: list = field(default_factory=list)  # pruned groups whose result is not exact
+    latency: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+
+def removed_slices(analysis: Analysis, chosen: dict[int, np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
+    """(tensor, axis) -> indices to remove, over every member of every group with chosen units."""
+    removed: dict[tuple[str, int], list[np.ndarray]] = {}
+    for group_id, units in chosen.items():
+        for member in analysis.groups[group_id].members:
+            removed.setdefault((member.tensor, member.axis), []).append(member.units_indices(units))
+    return {k: np.unique(np.concatenate(v)) for k, v in removed.items()}
+
+
+def prune(model, ratio: float = 0.0, criterion: str = "l1", scope: str = "local", round_to: int = 1,
+          keep=(), max_ratio: float = 0.9, carrier: str = "outer", seed: int = 0,
+          check: bool = True) -> tuple[onnx.ModelProto, Report]:
+    """Prune `ratio` of the channels of every prunable group (local) or of all channels (global).
+
+    `model` is a path, a ModelProto or a Graph. Returns the pruned ModelProto (already checked with
+    onnx.checker, shape inference and onnxruntime unless check=False) and a Report.
+    """
+    check_ratio(ratio)
+    graph = Graph.load(model)
+    analysis = analyze(graph, keep=keep, carrier=carrier)
+    scores = score_groups(analysis, criterion, seed=seed)
+    chosen = select(scores, ratio, scope=scope, round_to=round_to, max_ratio=max_ratio)
+    return apply(analysis, chosen, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, check=check)
+
+
+def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True, **settings) -> tuple[onnx.ModelProto, Report]:
+    """Remove the chosen units (group id -> unit positions) and report."""
+    graph = analysis.graph
+    removed = removed_slices(analysis, chosen)
+    pruned = rewrite(graph, removed, analysis.carrier)
+    if check:
+        validate(pruned, graph.path or graph.model)
+    after = Graph(pruned)
+    report = Report(
+        criterion=settings.get("criterion", ""), ratio=settings.get("ratio", 0.0), scope=settings.get("scope", "local"),
+        round_to=settings.get("round_to", 1),
+        params_before=count_params(graph), params_after=count_params(after),
+        flops_before=count_flops(graph), flops_after=count_flops(after),
+        size_before=file_size(graph.model) if graph.path is None else _size_on_disk(graph), size_after=file_size(pruned),
+        groups_total=len(analysis.groups), groups_prunable=len(analysis.prunable), groups_pruned=len(chosen),
+        channels=[{"group": g, "before": analysis.groups[g].units, "after": analysis.groups[g].units - len(u)}
+                  for g, u in sorted(chosen.items())],
+        removed=[{"tensor": t, "axis": int(a), "indices": idx.tolist()}
+                 for (t, a), idx in sorted(removed.items(), key=lambda kv: (graph.param_position(kv[0][0]), kv[0][1]))
+                 if graph.is_param(t)],
+        blocked=[{"group": g.id, "channels": g.units, "reasons": g.blocked} for g in analysis.blocked],
+        approximate=[g for g in sorted(chosen) if analysis.groups[g].approximate],
+    )
+    return pruned, report
+
+
+def _size_on_disk(graph: Graph) -> int:
+    size = os.path.getsize(graph.path)
+    locations = {e.value for t in graph.model.graph.initializer for e in t.external_data if e.key == "location"}
+    return size + sum(os.path.getsize(os.path.join(graph.base_dir, loc)) for loc in locations
+                      if os.path.exists(os.path.join(graph.base_dir, loc)))

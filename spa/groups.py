@@ -1,0 +1,326 @@
+"""Coupled channel groups: the closure of the per-operator ties over the whole graph.
+
+Propagation starts from the dimensions where channels are born (each rule's `seeds`: the output
+channels of Conv, Gemm, MatMul with a constant weight, embedding tables). Every dimension reached
+is *live*; each operator next to a live dimension is asked for its ties. Elements of live
+dimensions are the nodes of one big undirected graph whose edges are the ties; its connected
+components are the *units*: the sets of parameter slices that must go together when one channel
+goes. Units that run through exactly the same dimensions form a *group* (e.g. the 64 output
+channels of a conv with everything they touch); a group is what a ratio is applied to.
+
+A unit that reaches a graph output or input, an operator without a rule, or anything a rule cannot
+map exactly is blocked, and the reason is kept.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .errors import SpaError
+from .graph import Graph
+from .rules import Approximate, Block, Link, NodeView, Unknown, rule_for
+from .rules.shape import CARRIERS
+
+
+@dataclass
+class Member:
+    """One dimension (tensor, axis) a group runs through, with each unit's indices along it."""
+
+    tensor: str
+    axis: int
+    size: int  # the dimension's size in the input model
+    is_param: bool
+    indices: np.ndarray  # the indices of all units, unit after unit
+    offsets: np.ndarray  # unit u owns indices[offsets[u]:offsets[u + 1]]
+
+    def unit(self, u: int) -> np.ndarray:
+        return self.indices[self.offsets[u]:self.offsets[u + 1]]
+
+    def units_indices(self, units) -> np.ndarray:
+        """The indices along this dimension of the given units, sorted."""
+        units = list(units)
+        if not units:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate([self.unit(u) for u in units]))
+
+
+@dataclass
+class Group:
+    id: int
+    units: int  # how many channels (units) the group has
+    members: list[Member]
+    blocked: list[str] = field(default_factory=list)
+    approximate: list[str] = field(default_factory=list)
+    operators: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blocked and self.units > 1
+
+    @property
+    def params(self) -> list[Member]:
+        return [m for m in self.members if m.is_param]
+
+    def describe(self) -> str:
+        """A readable chain of what removing one unit of this group removes."""
+        state = "blocked: " + "; ".join(self.blocked) if self.blocked else "prunable"
+        if self.approximate and not self.blocked:
+            state += " (approximate: " + "; ".join(self.approximate) + ")"
+        lines = [f"group {self.id}: {self.units} channels, {state}"]
+        for m in self.params:
+            per_unit = len(m.indices) // max(self.units, 1)
+            lines.append(f"  {m.tensor}[axis {m.axis}]: {len(m.indices)} of {m.size}" + (f" ({per_unit} per channel)" if per_unit > 1 else ""))
+        if self.operators:
+            shown = ", ".join(self.operators[:8]) + (f", ... ({len(self.operators)} in all)" if len(self.operators) > 8 else "")
+            lines.append(f"  through: {shown}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "channels": self.units,
+            "prunable": self.prunable,
+            "blocked": self.blocked,
+            "approximate": self.approximate,
+            "members": [
+                {"tensor": m.tensor, "axis": m.axis, "param": m.is_param, "indices": len(m.indices), "size": m.size}
+                for m in self.members
+            ],
+            "operators": self.operators,
+        }
+
+
+@dataclass
+class Analysis:
+    graph: Graph
+    groups: list[Group]
+    carrier: str
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def blocked(self) -> list[Group]:
+        return [g for g in self.groups if g.blocked]
+
+    def to_dict(self) -> dict:
+        return {
+            "groups_total": len(self.groups),
+            "groups_prunable": len(self.prunable),
+            "groups_blocked": len(self.blocked),
+            "channels_prunable": sum(g.units for g in self.prunable),
+            "reshape_carrier": self.carrier,
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+
+def analyze(model, keep=(), carrier: str = "outer") -> Analysis:
+    """Find every coupled channel group of an ONNX model (path, ModelProto or Graph)."""
+    if carrier not in CARRIERS:
+        raise SpaError(f"unknown reshape carrier '{carrier}' (choose from {', '.join(CARRIERS)})")
+    graph = Graph.load(model)
+    propagation = _Propagation(graph, carrier)
+    propagation.seed()
+    propagation.run()
+    propagation.keep(keep)
+    return Analysis(graph, propagation.groups(), carrier)
+
+
+class _Propagation:
+    def __init__(self, graph: Graph, carrier: str):
+        self.graph = graph
+        self.carrier = carrier
+        self.dim_ids: dict[tuple[str, int], int] = {}
+        self.dims: list[tuple[str, int]] = []
+        self.sizes: list[int] = []
+        self.offsets: list[int] = [0]
+        self.edges: list[tuple[np.ndarray, np.ndarray]] = []
+        self.blocks: list[tuple[int, np.ndarray | None, str]] = []
+        self.approximations: list[tuple[int, str]] = []
+        self.dim_nodes: dict[int, set[int]] = {}
+        self.queue: deque[int] = deque()
+
+    # ----------------------------------------------------------------- growing the live set
+    def live(self, tensor: str, axis: int) -> int | None:
+        """The id of a live dimension, making it live if needed; None when its size is unknown."""
+        t = self.graph.tensors.get(tensor)
+        if t is None or t.shape is None or not -len(t.shape) <= axis < len(t.shape):
+            return None
+        axis %= len(t.shape)
+        key = (tensor, axis)
+        if key in self.dim_ids:
+            return self.dim_ids[key]
+        size = t.shape[axis]
+        if not isinstance(size, int):
+            return None
+        dim = len(self.dims)
+        self.dim_ids[key] = dim
+        self.dims.append(key)
+        self.sizes.append(size)
+        self.offsets.append(self.offsets[-1] + size)
+        self.queue.append(dim)
+        if tensor in self.graph.outputs:
+            self.blocks.append((dim, None, f"reaches the graph output '{tensor}'"))
+        if tensor in self.graph.inputs:
+            self.blocks.append((dim, None, f"reaches the graph input '{tensor}'"))
+        return dim
+
+    def seed(self):
+        for index, node in enumerate(self.graph.nodes):
+            rule = rule_for(node)
+            if rule is None:
+                continue
+            try:
+                seeds = rule.seeds(NodeView(self.graph, index, self.carrier))
+            except Unknown:
+                continue
+            for tensor, axis in seeds:
+                shape = self.graph.shape(tensor)
+                if shape is not None and isinstance(shape[axis], int) and shape[axis] > 1:
+                    self.live(tensor, axis)
+
+    def run(self):
+        while self.queue:
+            dim = self.queue.popleft()
+            tensor, axis = self.dims[dim]
+            t = self.graph.tensors[tensor]
+            # A parameter is a leaf: the Constant or Identity node that provides it ties nothing,
+            # and an Identity copy of it is a parameter of its own (see Graph.copies).
+            producer = [] if t.producer is None or self.graph.is_param(tensor) else [t.producer]
+            consumers = [i for i in t.consumers if self.graph.nodes[i].output[0] not in self.graph.copies]
+            for index in producer + consumers:
+                self.dim_nodes.setdefault(dim, set()).add(index)
+                self.visit(index, dim, tensor, axis)
+
+    def visit(self, index: int, dim: int, tensor: str, axis: int):
+        node = self.graph.nodes[index]
+        view = NodeView(self.graph, index, self.carrier)
+        rule = rule_for(node)
+        if rule is None:
+            domain = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
+            self.blocks.append((dim, None, f"reaches {node.op_type}{domain} '{view.name}', which has no pruning rule"))
+            return
+        try:
+            verdicts = list(rule.links(view, tensor, axis))
+            targets = [self.live(v.tensor, v.axis) if isinstance(v, Link) else None for v in verdicts]
+        except Unknown as e:
+            self.blocks.append((dim, None, f"{e} ({node.op_type} '{view.name}')" if view.name not in str(e) else str(e)))
+            return
+        for verdict, target in zip(verdicts, targets):
+            if isinstance(verdict, Link):
+                if target is None:
+                    self.blocks.append((dim, None, f"the size of axis {verdict.axis} of '{verdict.tensor}' is unknown"))
+                    continue
+                if len(verdict.dst) and (verdict.dst.max() >= self.sizes[target] or verdict.src.max() >= self.sizes[dim]):
+                    raise AssertionError(f"rule for {node.op_type} tied indices out of range")
+                self.edges.append((self.offsets[dim] + verdict.src, self.offsets[target] + verdict.dst))
+                self.dim_nodes.setdefault(target, set()).add(index)
+            elif isinstance(verdict, Block):
+                self.blocks.append((dim, verdict.indices, verdict.reason))
+            elif isinstance(verdict, Approximate):
+                self.approximations.append((dim, verdict.reason))
+
+    def keep(self, names):
+        """Block every live dimension of the named tensors, or of the named nodes' inputs and outputs."""
+        by_node = {n.name: n for n in self.graph.nodes if n.name}
+        for name in names:
+            if name in by_node:
+                tensors = [t for t in list(by_node[name].input) + list(by_node[name].output) if t]
+            elif name in self.graph.tensors:
+                tensors = [name]
+            else:
+                raise SpaError(f"--keep {name}: no node or tensor of that name in the model")
+            for (tensor, _), dim in self.dim_ids.items():
+                if tensor in tensors:
+                    self.blocks.append((dim, None, f"kept by --keep {name}"))
+
+    # ----------------------------------------------------------------- from elements to groups
+    def groups(self) -> list[Group]:
+        total = self.offsets[-1]
+        if total == 0:
+            return []
+        n_dims = len(self.dims)
+        sizes = np.array(self.sizes)
+        element_dim = np.repeat(np.arange(n_dims), sizes)
+        element_index = np.arange(total) - np.repeat(np.array(self.offsets[:-1]), sizes)
+        if self.edges:
+            src = np.concatenate([e[0] for e in self.edges])
+            dst = np.concatenate([e[1] for e in self.edges])
+        else:
+            src = dst = np.zeros(0, dtype=np.int64)
+        adjacency = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(total, total))
+        _, labels = connected_components(adjacency, directed=False)
+
+        reasons = self._reasons_by_label(labels, [(d, i, r) for d, i, r in self.blocks])
+        approximate = self._reasons_by_label(labels, [(d, None, r) for d, r in self.approximations])
+
+        # A unit's signature: the dimensions it runs through (sorted), plus why it is blocked.
+        keys = np.unique(labels.astype(np.int64) * n_dims + element_dim)
+        key_label, key_dim = keys // n_dims, keys % n_dims
+        unique_labels, starts = np.unique(key_label, return_index=True)
+        dims_per_label = np.split(key_dim, starts[1:])
+        first_element = np.full(labels.max() + 1, total)
+        np.minimum.at(first_element, labels, np.arange(total))
+        group_index: dict[tuple, int] = {}
+        label_group = np.zeros(labels.max() + 1, dtype=np.int64)
+        for label, dims in zip(unique_labels.tolist(), dims_per_label):
+            key = (tuple(dims.tolist()), reasons.get(label, ()), approximate.get(label, ()))
+            label_group[label] = group_index.setdefault(key, len(group_index))
+        # Units of a group are numbered in the order of their first element.
+        label_order = np.lexsort((first_element[unique_labels], label_group[unique_labels]))
+        ordered = unique_labels[label_order]
+        group_of_ordered = label_group[ordered]
+        group_starts = np.searchsorted(group_of_ordered, np.arange(len(group_index)))
+        unit_of_label = np.zeros(labels.max() + 1, dtype=np.int64)
+        unit_of_label[ordered] = np.arange(len(ordered)) - group_starts[group_of_ordered]
+        units_per_group = np.bincount(group_of_ordered, minlength=len(group_index))
+
+        element_group = label_group[labels]
+        element_unit = unit_of_label[labels]
+        order = np.lexsort((element_index, element_unit, element_dim, element_group))
+        seg_key = element_group[order] * n_dims + element_dim[order]
+        seg_bounds = np.flatnonzero(np.diff(seg_key)) + 1
+        seg_starts = np.concatenate([[0], seg_bounds])
+        seg_ends = np.concatenate([seg_bounds, [total]])
+
+        members: dict[int, list[Member]] = {g: [] for g in range(len(group_index))}
+        for s, e in zip(seg_starts.tolist(), seg_ends.tolist()):
+            g = int(element_group[order[s]])
+            dim = int(element_dim[order[s]])
+            units = element_unit[order[s:e]]
+            offsets = np.searchsorted(units, np.arange(units_per_group[g] + 1))
+            tensor, axis = self.dims[dim]
+            members[g].append(Member(tensor, axis, self.sizes[dim], self.graph.is_param(tensor),
+                                     element_index[order[s:e]], offsets))
+
+        groups = []
+        for key, g in group_index.items():
+            params = [m for m in members[g] if m.is_param]
+            if not params:
+                continue  # nothing to remove: e.g. channels a Pad adds, or input-side remnants
+            dims = key[0]
+            operators = sorted({i for d in dims for i in self.dim_nodes.get(d, ())})
+            groups.append(Group(
+                id=len(groups), units=int(units_per_group[g]), members=self._ordered(members[g]),
+                blocked=list(key[1]), approximate=list(key[2]),
+                operators=[f"{self.graph.nodes[i].op_type} '{self.graph.node_name(i)}'" for i in operators],
+            ))
+        return groups
+
+    def _reasons_by_label(self, labels: np.ndarray, marks) -> dict[int, tuple[str, ...]]:
+        found: dict[int, set[str]] = {}
+        for dim, indices, reason in marks:
+            start = self.offsets[dim]
+            elements = start + (np.arange(self.sizes[dim]) if indices is None else np.asarray(indices))
+            for label in np.unique(labels[elements]).tolist():
+                found.setdefault(label, set()).add(reason)
+        return {label: tuple(sorted(r)) for label, r in found.items()}
+
+    def _ordered(self, members: list[Member]) -> list[Member]:
+        """Parameters first, in the order the model lists them; then activations."""
+        return sorted(members, key=lambda m: (not m.is_param, self.graph.param_position(m.tensor), m.tensor, m.axis))

@@ -1,0 +1,32 @@
+"""Small helpers on ONNX protos shared by the graph and the passes."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray:
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return numpy_helper.to_array(attr.t)
+    if attr.name in ("value_float", "value_int"):
+        return np.array(helper.get_attribute_value(attr), dtype=np.float32 if attr.name == "value_float" else np.int64)
+    if attr.name in ("value_floats", "value_ints"):
+        return np.array(helper.get_attribute_value(attr), dtype=np.float32 if attr.name == "value_floats" else np.int64)
+    raise ValueError(f"Constant node {node.name!r} holds a {attr.name}, which SPA does not read")
+
+
+def outer_scope_names(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing graph."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                defined.update(inner.output)
+            for inner in sub.node:
+                names.update(n for n in inner.input if n and n not in defined)
+                names.update(n for n in outer_scope_names(inner) if n not in defined)
+            names.update(o.name for o in sub.output if o.name not in defined)
+    return names

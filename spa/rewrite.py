@@ -1,0 +1,188 @@
+"""The rewriter: remove chosen channels from every member of their groups, then prove the result.
+
+Parameter slices are deleted from initializers, Constant nodes and Identity copies; each operator
+next to a changed dimension lets its rule fix attributes and constant inputs (Conv `group`, Split
+sizes, Slice bounds, Reshape and Expand shapes, Gather indices, GroupNorm `num_groups`). Tensor
+shapes recorded in the model are updated. The new model is then checked with onnx.checker, strict
+shape inference and an onnxruntime session before anything is returned.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import SpaError
+from .graph import Graph, _check_model, _skeleton
+from .rules import NodeView, Unknown, rule_for
+
+
+class Edit:
+    """The removed indices per dimension, and what rules change on nodes while rewriting."""
+
+    def __init__(self, graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer"):
+        self.graph = graph
+        self.carrier = carrier
+        self.removed = {k: np.unique(v) for k, v in removed.items() if len(v)}
+        self.nodes = [copy.deepcopy(n) for n in graph.nodes]
+        self.inserted: dict[int, list[onnx.NodeProto]] = {}  # new nodes, placed before node i
+        self.dropped: set[int] = set()
+        self.new_initializers: list[onnx.TensorProto] = []
+        self._names = set(graph.tensors) | {n.name for n in graph.nodes}
+
+    # ------------------------------------------------------------------ facts for rules
+    def changed(self, tensor: str, axis: int) -> bool:
+        return (tensor, axis % max(len(self.graph.shape(tensor) or ()), 1)) in self.removed
+
+    def kept(self, tensor: str, axis: int) -> np.ndarray:
+        size = self.graph.shape(tensor)[axis]
+        return np.setdiff1d(np.arange(size), self.removed.get((tensor, axis), []))
+
+    def new_size(self, tensor: str, axis: int) -> int:
+        return int(self.graph.shape(tensor)[axis]) - len(self.removed.get((tensor, axis), ()))
+
+    # ------------------------------------------------------------------ changes rules make
+    def unique_name(self, hint: str) -> str:
+        base = f"{hint}_pruned"
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}_{n}"
+        self._names.add(name)
+        return name
+
+    def set_attr(self, node_index: int, name: str, value):
+        node = self.nodes[node_index]
+        self.remove_attr(node_index, name)
+        node.attribute.append(helper.make_attribute(name, value))
+
+    def remove_attr(self, node_index: int, name: str):
+        node = self.nodes[node_index]
+        kept = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+    def add_constant(self, value: np.ndarray, hint: str) -> str:
+        name = self.unique_name(hint)
+        self.new_initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def set_input_value(self, node_index: int, position: int, value: np.ndarray):
+        """Point an input of the node at a new constant (never changes a tensor others may share)."""
+        node = self.nodes[node_index]
+        hint = node.input[position] if position < len(node.input) and node.input[position] else f"{node.name or node.op_type}_in{position}"
+        name = self.add_constant(value, hint)
+        while len(node.input) <= position:
+            node.input.append("")
+        node.input[position] = name
+
+    def replace_input_with_node(self, node_index: int, position: int, op_type: str, inputs: list[str], **attrs):
+        node = self.nodes[node_index]
+        output = self.unique_name(node.input[position])
+        new = helper.make_node(op_type, inputs, [output], name=self.unique_name(f"{node.name or op_type}_{op_type}"), **attrs)
+        self.inserted.setdefault(node_index, []).append(new)
+        node.input[position] = output
+
+
+def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer") -> onnx.ModelProto:
+    """A new model with `removed` indices gone from every listed (tensor, axis)."""
+    edit = Edit(graph, removed, carrier)
+    _prune_params(graph, edit)
+    touched = {graph.tensors[t].producer for t, _ in edit.removed} | {
+        c for t, _ in edit.removed for c in graph.tensors[t].consumers
+    }
+    for index in sorted(i for i in touched if i is not None and i not in edit.dropped):
+        rule = rule_for(graph.nodes[index])
+        if rule is None:
+            raise SpaError(f"internal error: a pruned dimension reaches {graph.nodes[index].op_type} without a rule")
+        try:
+            rule.rewrite(NodeView(graph, index, carrier), edit)
+        except Unknown as e:
+            raise SpaError(f"cannot rewrite {graph.node_name(index)}: {e}") from None
+    return _assemble(graph, edit)
+
+
+def _prune_params(graph: Graph, edit: Edit):
+    by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for (tensor, axis), indices in edit.removed.items():
+        if graph.is_param(tensor):
+            by_tensor.setdefault(tensor, []).append((axis, indices))
+    for tensor, cuts in by_tensor.items():
+        value = graph.value(tensor)
+        for axis, indices in cuts:  # indices refer to the original positions on each axis
+            value = np.delete(value, indices, axis=axis)
+        new = numpy_helper.from_array(value, tensor)
+        if tensor in graph.copies or tensor in graph.constant_nodes:
+            index = graph.tensors[tensor].producer
+            edit.dropped.add(index)  # the Identity or Constant node becomes an initializer
+        edit.new_initializers.append(new)
+
+
+def _assemble(graph: Graph, edit: Edit) -> onnx.ModelProto:
+    old = graph.model
+    replaced = {t.name for t in edit.new_initializers}
+    # External data is read into the new model: it is written next to the new file, not the old one.
+    initializers = [
+        numpy_helper.from_array(graph.value(t.name), t.name) if t.data_location == onnx.TensorProto.EXTERNAL else t
+        for t in old.graph.initializer if t.name not in replaced
+    ] + edit.new_initializers
+    nodes = []
+    for i, node in enumerate(edit.nodes):
+        nodes.extend(edit.inserted.get(i, []))
+        if i not in edit.dropped:
+            nodes.append(node)
+    value_info = [_resized(vi, edit) for vi in old.graph.value_info]
+    new_graph = helper.make_graph(
+        nodes, old.graph.name, [_resized(v, edit) for v in old.graph.input],
+        [_resized(v, edit) for v in old.graph.output], initializers, doc_string=old.graph.doc_string,
+        value_info=value_info,
+    )
+    new_graph.sparse_initializer.extend(old.graph.sparse_initializer)
+    model = helper.make_model(new_graph, opset_imports=old.opset_import, ir_version=old.ir_version,
+                              producer_name=old.producer_name, producer_version=old.producer_version)
+    model.functions.extend(old.functions)
+    model.metadata_props.extend(old.metadata_props)
+    return model
+
+
+def _resized(value_info: onnx.ValueInfoProto, edit: Edit) -> onnx.ValueInfoProto:
+    new = copy.deepcopy(value_info)
+    if not new.type.HasField("tensor_type"):
+        return new
+    for axis, dim in enumerate(new.type.tensor_type.shape.dim):
+        if (new.name, axis) in edit.removed and dim.HasField("dim_value"):
+            dim.dim_value = edit.new_size(new.name, axis)
+    return new
+
+
+def validate(model: onnx.ModelProto, reference: onnx.ModelProto | None = None):
+    """Raise SpaError unless the model passes onnx.checker, strict shape inference, and runs in
+    onnxruntime with the same output shapes as `reference`."""
+    try:
+        _check_model(model)
+    except SpaError as e:
+        raise SpaError(f"the pruned model is invalid: {e}") from None
+    try:
+        onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=True)
+    except Exception as e:
+        if reference is None or _infers_strictly(reference):
+            raise SpaError(f"the pruned model fails shape inference: {str(e).splitlines()[0][:200]}") from None
+    from .runtime import random_inputs, run
+
+    feeds = random_inputs(model)
+    outputs = run(model, feeds)
+    if reference is not None:
+        expected = run(reference, feeds)
+        for name, got, want in zip([o.name for o in model.graph.output], outputs, expected):
+            if got.shape != want.shape:
+                raise SpaError(f"the pruned model's output '{name}' has shape {got.shape}, not {want.shape}")
+
+
+def _infers_strictly(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=True)
+        return True
+    except Exception:
+        return False

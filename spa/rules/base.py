@@ -1,0 +1,164 @@
+"""What a rule is, and what it can say.
+
+A rule knows one kind of operator. Given a *live* dimension (tensor, axis) of one of the
+operator's inputs or outputs, it says which elements of the operator's other dimensions are tied
+to which elements of the live one (`Link`), or that the live dimension cannot be pruned here
+(`Block`), or that pruning it is allowed but changes more than zeroing would (`Approximate`,
+e.g. a LayerNorm whose statistics run over the pruned channels). A rule also names the dimensions
+where new prunable channels are born (`seeds`, e.g. the output channels of a Conv), and fixes the
+operator after channels are removed (`rewrite`: attributes such as Conv `group`, constant inputs
+such as Reshape shapes or Split sizes).
+
+Links are element-level: index i of the live dimension is tied to index j of the other one. Ties
+are symmetric and transitive; their closure is computed in spa.groups. A link that ties many
+elements of one side to one element of the other bundles them: they can only go together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+
+@dataclass
+class Link:
+    """Elements `src` of the live dimension are tied to elements `dst` of (tensor, axis)."""
+
+    tensor: str
+    axis: int
+    src: np.ndarray
+    dst: np.ndarray
+
+
+@dataclass
+class Block:
+    """The live dimension (or only its elements `indices`) must not be pruned, for `reason`."""
+
+    reason: str
+    indices: np.ndarray | None = None
+
+
+@dataclass
+class Approximate:
+    """Pruning the live dimension is allowed, but it changes the result beyond zeroing it."""
+
+    reason: str
+
+
+Verdict = Link | Block | Approximate
+
+
+class Unknown(Exception):
+    """Raised inside a rule when a fact it needs (a static size, a constant) is not known."""
+
+
+def same(tensor: str, axis: int, size: int) -> Link:
+    """Index i tied to index i: the dimension passes through unchanged."""
+    idx = np.arange(size)
+    return Link(tensor, axis, idx, idx)
+
+
+def shifted(tensor: str, axis: int, size: int, offset: int) -> Link:
+    """Index i tied to index i + offset (Concat inputs into their output, Split outputs from the input)."""
+    idx = np.arange(size)
+    return Link(tensor, axis, idx, idx + offset)
+
+
+def whole_group_links(view: "NodeView", per_group: dict[tuple[str, int], int], tensor: str, axis: int) -> list[Link]:
+    """Channels that can only go in whole groups (grouped Conv, GroupNormalization).
+
+    Element e of each dimension D belongs to group e // per_group[D]; it is tied to the first
+    element of the same group on the live dimension (whose own elements are tied that way too).
+    """
+    live_per_group = per_group[(tensor, axis)]
+    links = []
+    for (name, a), p in per_group.items():
+        e = np.arange(view.size(name, a))
+        links.append(Link(name, a, (e // p) * live_per_group, e))
+    return links
+
+
+class NodeView:
+    """One operator, with the graph facts a rule needs."""
+
+    def __init__(self, graph, index: int, carrier: str = "outer"):
+        self.graph = graph
+        self.carrier = carrier  # which digit carries the channels when a reshape splits an axis (spa.rules.shape)
+        self.index = index
+        self.node: onnx.NodeProto = graph.nodes[index]
+        self.op_type = self.node.op_type
+        self.inputs = list(self.node.input)
+        self.outputs = list(self.node.output)
+        self.opset = graph.opset
+
+    @property
+    def name(self) -> str:
+        return self.graph.node_name(self.index)
+
+    def attr(self, name: str, default=None):
+        for a in self.node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def input(self, i: int) -> str:
+        """The i-th input name, or '' when it is absent."""
+        return self.inputs[i] if i < len(self.inputs) else ""
+
+    def shape(self, tensor: str) -> tuple:
+        shape = self.graph.shape(tensor)
+        if shape is None:
+            raise Unknown(f"the shape of '{tensor}' is unknown")
+        return shape
+
+    def rank(self, tensor: str) -> int:
+        return len(self.shape(tensor))
+
+    def size(self, tensor: str, axis: int) -> int:
+        shape = self.shape(tensor)
+        dim = shape[axis]
+        if not isinstance(dim, int):
+            raise Unknown(f"axis {axis} of '{tensor}' has no static size")
+        return dim
+
+    def value(self, tensor: str) -> np.ndarray | None:
+        return self.graph.value(tensor) if tensor else None
+
+    def const(self, tensor: str, what: str) -> np.ndarray:
+        """The constant value of an input that the rule needs; Unknown when it is computed at run time."""
+        value = self.value(tensor)
+        if value is None:
+            raise Unknown(f"{what} of {self.op_type} '{self.name}' is computed at run time")
+        return value
+
+    def axes_input_or_attr(self, input_pos: int, attr: str = "axes") -> list[int] | None:
+        """Axes given either as an attribute (older opsets) or as a constant input (newer ones)."""
+        if self.input(input_pos):
+            return [int(a) for a in self.const(self.inputs[input_pos], "the axes input")]
+        value = self.attr(attr)
+        return None if value is None else [int(a) for a in value]
+
+
+def positions(view: NodeView, tensor: str) -> tuple[list[int], list[int]]:
+    """Input positions and output positions at which `tensor` appears in the operator."""
+    return [i for i, n in enumerate(view.inputs) if n == tensor], [i for i, n in enumerate(view.outputs) if n == tensor]
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+class Rule:
+    """Base class: an operator with no ties, no seeds and nothing to rewrite."""
+
+    def links(self, view: NodeView, tensor: str, axis: int) -> Iterable[Verdict]:
+        raise NotImplementedError
+
+    def seeds(self, view: NodeView) -> Iterable[tuple[str, int]]:
+        return ()
+
+    def rewrite(self, view: NodeView, edit) -> None:
+        return None

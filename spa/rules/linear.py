@@ -1,0 +1,158 @@
+"""Operators with weights that create channels: Conv, ConvTranspose, Gemm, MatMul, Einsum.
+
+Gemm, MatMul and Einsum are all described by index letters (einsum notation): an axis ties to
+every axis of the other operands with the same letter, whether the letter survives in the output
+or is summed over (removing a summed index from both factors drops exactly its terms).
+"""
+from __future__ import annotations
+
+import string
+
+from . import register
+from .base import Block, NodeView, Rule, same, whole_group_links
+
+
+# ----------------------------------------------------------------------------- letter notation
+def letter_links(view: NodeView, operands: list[tuple[str, str]], tensor: str, axis: int):
+    """Ties for a live axis given each operand's letters; size-1 axes are broadcast and tie nothing."""
+    size = view.size(tensor, axis)
+    verdicts = []
+    for name, letters in operands:
+        if name != tensor:
+            continue
+        letter = letters[axis]
+        if letters.count(letter) > 1:
+            return [Block(f"{view.op_type} '{view.name}' takes a diagonal over the axis")]
+        for other, other_letters in operands:
+            for a, l in enumerate(other_letters):
+                if l == letter and (other, a) != (tensor, axis) and view.size(other, a) == size:
+                    verdicts.append(same(other, a, size))
+    return verdicts
+
+
+def gemm_operands(view: NodeView) -> list[tuple[str, str]]:
+    a, b, c = view.input(0), view.input(1), view.input(2)
+    operands = [(a, "km" if view.attr("transA", 0) else "mk"), (b, "nk" if view.attr("transB", 0) else "kn")]
+    if c:
+        operands.append((c, "mn"[2 - view.rank(c):]))
+    return operands + [(view.outputs[0], "mn")]
+
+
+def matmul_operands(view: NodeView) -> list[tuple[str, str]]:
+    a, b, y = view.inputs[0], view.inputs[1], view.outputs[0]
+    ra, rb = view.rank(a), view.rank(b)
+    batch = string.ascii_uppercase[: max(ra, rb, 2) - 2]
+    a_letters = "k" if ra == 1 else batch[len(batch) - (ra - 2):] + "mk"
+    b_letters = "k" if rb == 1 else batch[len(batch) - (rb - 2):] + "kn"
+    y_letters = batch + ("m" if ra > 1 else "") + ("n" if rb > 1 else "")
+    return [(a, a_letters), (b, b_letters), (y, y_letters)]
+
+
+def einsum_operands(view: NodeView) -> list[tuple[str, str]]:
+    equation = view.attr("equation").decode() if isinstance(view.attr("equation"), bytes) else view.attr("equation")
+    equation = equation.replace(" ", "")
+    lhs, _, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if "->" not in equation:
+        counts = {c: lhs.count(c) for c in lhs if c.isalpha()}
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c, n in counts.items() if n == 1))
+    # An ellipsis stands for the leading axes; name them with digits, right-aligned like numpy.
+    ellipsis_rank = max((view.rank(n) - len(t.replace("...", "")) for n, t in zip(view.inputs, terms) if "..." in t), default=0)
+    digits = "0123456789"[:ellipsis_rank]
+
+    def expand(term, rank):
+        if "..." not in term:
+            return term
+        n = rank - len(term.replace("...", ""))
+        return term.replace("...", digits[len(digits) - n:])
+
+    operands = [(n, expand(t, view.rank(n))) for n, t in zip(view.inputs, terms)]
+    return operands + [(view.outputs[0], rhs.replace("...", digits))]
+
+
+def free_letter_seeds(view: NodeView, operands: list[tuple[str, str]]):
+    """Output axes whose letter comes only from constant operands: new channels are born there."""
+    *inputs, (out, out_letters) = operands
+    graph = view.graph
+    runtime_letters = {l for name, letters in inputs if not graph.is_constant_derived(name) for l in letters}
+    constant_letters = {l for name, letters in inputs if graph.is_constant_derived(name) for l in letters}
+    if not runtime_letters:
+        return []
+    return [(out, a) for a, l in enumerate(out_letters) if l in constant_letters and l not in runtime_letters]
+
+
+class LetterRule(Rule):
+    operands = staticmethod(lambda view: [])
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        return letter_links(view, self.operands(view), tensor, axis)
+
+    def seeds(self, view: NodeView):
+        return free_letter_seeds(view, self.operands(view))
+
+
+@register("Gemm")
+class Gemm(LetterRule):
+    operands = staticmethod(gemm_operands)
+
+
+@register("MatMul")
+class MatMul(LetterRule):
+    operands = staticmethod(matmul_operands)
+
+
+@register("Einsum")
+class Einsum(LetterRule):
+    operands = staticmethod(einsum_operands)
+
+
+# ----------------------------------------------------------------------------- convolutions
+class Convolution(Rule):
+    """X (N, C_in, *spatial), weight W, optional bias B (C_out), Y (N, C_out, *spatial).
+
+    With group > 1, W's axis 1 runs within one group only, so it cannot shrink: whole groups go
+    (for a depthwise Conv, one input channel with its multiplier outputs) and `group` is rewritten.
+    """
+
+    weight_in_axis: int  # the axis of W that runs over input channels
+    weight_out_axis: int  # the axis of W that runs over output channels
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, w, b, y = view.input(0), view.input(1), view.input(2), view.outputs[0]
+        live = (tensor, axis)
+        if live in ((x, 0), (y, 0)):
+            return [same(y if tensor == x else x, 0, view.size(tensor, 0))]
+        groups = view.attr("group", 1)
+        in_dims = [(x, 1), (w, self.weight_in_axis)]
+        out_dims = [(y, 1), (w, self.weight_out_axis)] + ([(b, 0)] if b else [])
+        if live not in in_dims + out_dims:
+            return [Block(f"{view.op_type} '{view.name}' slides over axis {axis} of '{tensor}'")]
+        if groups == 1:
+            side = in_dims if live in in_dims else out_dims
+            return [same(n, a, view.size(tensor, axis)) for n, a in side if (n, a) != live]
+        if live == (w, 1):
+            return [Block(f"the within-group axis of grouped {view.op_type} '{view.name}' cannot be pruned")]
+        per_group = {d: view.size(*d) // groups for d in in_dims + out_dims if d != (w, 1)}
+        return whole_group_links(view, per_group, tensor, axis)
+
+    def seeds(self, view: NodeView):
+        return [(view.outputs[0], 1)] if view.graph.is_constant_derived(view.input(1)) else []
+
+    def rewrite(self, view: NodeView, edit):
+        groups, x = view.attr("group", 1), view.input(0)
+        if groups > 1 and edit.changed(x, 1):
+            edit.set_attr(view.index, "group", edit.new_size(x, 1) // (view.size(x, 1) // groups))
+
+
+@register("Conv")
+class Conv(Convolution):
+    """W is (C_out, C_in / group, *kernel)."""
+
+    weight_in_axis, weight_out_axis = 1, 0
+
+
+@register("ConvTranspose")
+class ConvTranspose(Convolution):
+    """W is (C_in, C_out / group, *kernel)."""
+
+    weight_in_axis, weight_out_axis = 0, 1

@@ -1,0 +1,149 @@
+"""Operators that pool, reduce, normalize over an axis, resize or pad.
+
+Batch and channel axes pass through pooling; the spatial axes a window slides over cannot shrink.
+A reduction over the pruned axis is exact when a zeroed channel adds nothing to it (sum, L1, L2,
+sum of squares, log of sum), approximate for a mean (the divisor changes), and blocked otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .base import Approximate, Block, Link, NodeView, Rule, normalize_axis, same, shifted
+
+POOLS = ("AveragePool", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "LpPool", "MaxPool")
+REDUCE_EXACT = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceSum", "ReduceSumSquare")
+REDUCE_APPROXIMATE = ("ReduceMean",)
+REDUCE_BLOCKED = ("ReduceLogSumExp", "ReduceMax", "ReduceMin", "ReduceProd")
+
+
+@register(*POOLS)
+class Pool(Rule):
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if axis >= 2:
+            return [Block(f"{view.op_type} '{view.name}' slides over axis {axis}")]
+        if axis == 1 and len(view.outputs) > 1 and view.outputs[1]:
+            return [Block(f"the indices output of {view.op_type} '{view.name}' count over channels")]
+        return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+
+
+class Reduction(Rule):
+    """Input axes that are not reduced map to output axes (shifted left when keepdims=0)."""
+
+    def reduced_axes(self, view: NodeView) -> set[int]:
+        raise NotImplementedError
+
+    def on_reduced_axis(self, view: NodeView):
+        raise NotImplementedError
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        rank = view.rank(x)
+        reduced = self.reduced_axes(view)
+        keep = [a for a in range(rank) if a not in reduced]
+        keepdims = view.attr("keepdims", 1)
+        if tensor == x:
+            if axis in reduced:
+                return self.on_reduced_axis(view)
+            y_axis = axis if keepdims else keep.index(axis)
+            return [same(y, y_axis, view.size(x, axis))]
+        x_axis = axis if keepdims else keep[axis]
+        return [same(x, x_axis, view.size(y, axis))]
+
+
+@register(*REDUCE_EXACT, *REDUCE_APPROXIMATE, *REDUCE_BLOCKED)
+class Reduce(Reduction):
+    def reduced_axes(self, view: NodeView) -> set[int]:
+        rank = view.rank(view.inputs[0])
+        axes = view.axes_input_or_attr(1)
+        if not axes:
+            return set() if view.attr("noop_with_empty_axes", 0) else set(range(rank))
+        return {normalize_axis(a, rank) for a in axes}
+
+    def on_reduced_axis(self, view: NodeView):
+        if view.op_type in REDUCE_EXACT:
+            return []  # the pruned channels simply stop contributing
+        if view.op_type in REDUCE_APPROXIMATE:
+            return [Approximate(f"{view.op_type} '{view.name}' averages over the pruned channels")]
+        return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis")]
+
+
+@register("ArgMax", "ArgMin")
+class ArgReduce(Reduction):
+    def reduced_axes(self, view: NodeView) -> set[int]:
+        return {normalize_axis(view.attr("axis", 0), view.rank(view.inputs[0]))}
+
+    def on_reduced_axis(self, view: NodeView):
+        return [Block(f"{view.op_type} '{view.name}' returns positions along the pruned axis")]
+
+
+@register("Softmax", "LogSoftmax", "Hardmax")
+class Softmax(Rule):
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if axis == normalize_axis(view.attr("axis", -1), view.rank(x)):
+            return [Block(f"{view.op_type} '{view.name}' normalizes over the pruned axis")]
+        return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+
+
+@register("Resize")
+class Resize(Rule):
+    """Batch and channel axes pass through when their scale is 1; `sizes` entries are rewritten."""
+
+    def per_axis(self, view: NodeView, input_pos: int) -> dict[int, float] | None:
+        name = view.input(input_pos)
+        if not name or view.size(name, 0) == 0:
+            return None
+        values = view.const(name, "the scales" if input_pos == 2 else "the sizes")
+        rank = view.rank(view.inputs[0])
+        axes = [normalize_axis(a, rank) for a in view.attr("axes", list(range(rank)))]
+        return dict(zip(axes, values.tolist()))
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if tensor not in (x, y):
+            return []
+        size = view.size(tensor, axis)
+        scales, sizes = self.per_axis(view, 2), self.per_axis(view, 3)
+        if (scales or {}).get(axis, 1.0) != 1.0 or (sizes or {}).get(axis, size) != size:
+            return [Block(f"Resize '{view.name}' rescales axis {axis}")]
+        return [same(y if tensor == x else x, axis, size)]
+
+    def rewrite(self, view: NodeView, edit):
+        x = view.inputs[0]
+        sizes = self.per_axis(view, 3)
+        if sizes is None:
+            return
+        new = [edit.new_size(x, a) if edit.changed(x, a) else int(v) for a, v in sizes.items()]
+        edit.set_input_value(view.index, 3, np.array(new, dtype=np.int64))
+
+
+@register("Pad")
+class Pad(Rule):
+    """Unpadded axes pass through; a constant-padded axis shifts by its leading pad."""
+
+    def pads_of(self, view: NodeView, x_axis: int) -> tuple[int, int]:
+        x = view.inputs[0]
+        rank = view.rank(x)
+        pads = view.const(view.input(1), "the pads") if view.input(1) else np.array(view.attr("pads"))
+        axes = view.axes_input_or_attr(3) or list(range(rank))
+        axes = [normalize_axis(a, rank) for a in axes]
+        if x_axis not in axes:
+            return 0, 0
+        i = axes.index(x_axis)
+        return int(pads[i]), int(pads[i + len(axes)])
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if tensor not in (x, y):
+            return []
+        begin, end = self.pads_of(view, axis)
+        if begin == end == 0:
+            return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+        if view.attr("mode", b"constant") not in (b"constant", "constant") or begin < 0 or end < 0:
+            return [Block(f"Pad '{view.name}' pads axis {axis} with copies of its channels")]
+        n = view.size(x, axis)
+        if tensor == x:
+            return [shifted(y, axis, n, begin)]
+        return [Link(x, axis, np.arange(n) + begin, np.arange(n))]

@@ -1,0 +1,550 @@
+"""Operators that move, cut, join or re-view data: the index maps of channel coupling.
+
+Reshape, Flatten, Squeeze and Unsqueeze are one rule: a row-major re-view of the same elements.
+Each axis is a digit of the flat element index (a stride and a size). An axis on one side ties to
+an axis on the other side when one digit is a function of the other:
+- the same digit (same stride and size): index i to index i;
+- the other axis contains the live one (a merge, e.g. Flatten of C x H x W): live index i to the
+  block of merged positions whose digit is i;
+- the live axis contains the other one (a split, e.g. C -> heads x head_dim): several digits qualify;
+  the *carrier* is chosen by policy, outer (heads, the default) or inner (the within-head index),
+  and a whole carrier slice goes at once; the other digits keep their size.
+Anything else (digits that straddle each other) blocks. A channel shuffle (Reshape, Transpose,
+Reshape) is thereby mapped exactly: each step is one of these cases.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from ..fold import is_known
+from .base import Block, Link, NodeView, Rule, Unknown, normalize_axis, positions, same, shifted
+
+CARRIERS = ("outer", "inner")
+
+
+# ----------------------------------------------------------------------------- re-views
+def _strides(sizes: list[int]) -> list[int]:
+    strides, acc = [], 1
+    for size in reversed(sizes):
+        strides.append(acc)
+        acc *= size
+    return strides[::-1]
+
+
+def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str):
+    """(other_axis, src, dst) tying the live axis to the other side of a row-major reshape.
+
+    Returns [] when the live axis has no partner (it is size 1), and raises Unknown when the live
+    axis lies among dims that are symbolic or whose digits straddle each other.
+    """
+    live, other = (list(in_shape), list(out_shape)) if live_is_input else (list(out_shape), list(in_shape))
+    # Equal leading and trailing dims map one to one, whatever they are (symbolic batch included).
+    prefix = 0
+    while prefix < min(len(live), len(other)) and live[prefix] is not None and live[prefix] == other[prefix]:
+        prefix += 1
+    suffix = 0
+    while (suffix < min(len(live), len(other)) - prefix and live[-1 - suffix] is not None
+           and live[-1 - suffix] == other[-1 - suffix]):
+        suffix += 1
+    size = live[axis]
+    if axis < prefix:
+        return [(axis, np.arange(size), np.arange(size))]
+    if axis >= len(live) - suffix:
+        other_axis = len(other) - (len(live) - axis)
+        return [(other_axis, np.arange(size), np.arange(size))]
+    live_mid, other_mid = live[prefix:len(live) - suffix], other[prefix:len(other) - suffix]
+    if not all(isinstance(d, int) for d in live_mid + other_mid):
+        raise Unknown("the reshape involves dims of unknown size")
+    if int(np.prod(live_mid)) != int(np.prod(other_mid)):
+        raise Unknown("the reshape's input and output sizes disagree")
+    if size == 1:
+        return []
+    live_stride = _strides(live_mid)[axis - prefix]
+    live_top = live_stride * size
+    identical, containers, insides = [], [], []
+    for j, (s, n) in enumerate(zip(_strides(other_mid), other_mid)):
+        if n == 1:
+            continue
+        if s == live_stride and n == size:
+            identical.append(j)
+        elif s <= live_stride and live_top <= s * n and live_stride % s == 0:
+            containers.append(j)
+        elif live_stride <= s and s * n <= live_top and s % live_stride == 0:
+            insides.append(j)
+    live_idx = np.arange(size)
+    if identical:
+        return [(prefix + identical[0], live_idx, live_idx)]
+    if containers:  # the other axis merges the live one with others: tie each of its positions to its live digit
+        j = containers[0]
+        s, n = _strides(other_mid)[j], other_mid[j]
+        positions_ = np.arange(n)
+        return [(prefix + j, (positions_ * s // live_stride) % size, positions_)]
+    if insides:  # the live axis splits into several digits: one of them carries the channels
+        j = max(insides, key=lambda k: _strides(other_mid)[k]) if carrier == "outer" else min(
+            insides, key=lambda k: _strides(other_mid)[k])
+        s, n = _strides(other_mid)[j], other_mid[j]
+        return [(prefix + j, live_idx, (live_idx * live_stride // s) % n)]
+    raise Unknown("the reshape mixes the pruned axis with others")
+
+
+def shape_sources(graph, name: str) -> list | None:
+    """Where each element of a 1-D shape tensor comes from.
+
+    Entries are ("const", value) for a value known before the model runs, ("dim", tensor, axis) for
+    a size read at run time from a tensor's shape, or None for anything computed otherwise.
+    Returns None when even the length is unknown.
+    """
+    structural = _structural_sources(graph, name)
+    partial = graph.partial_values.get(name)
+    if partial is None or partial.ndim > 1 or (structural is not None and len(structural) != partial.size):
+        return structural
+    entries = structural or [None] * partial.size
+    # A size read at run time stays a read (it follows pruning by itself); an unknown entry that
+    # the partial evaluation knows becomes a constant.
+    return [("const", int(v)) if is_known(v) and e is None else e for v, e in zip(partial.reshape(-1), entries)]
+
+
+def _structural_sources(graph, name: str) -> list | None:
+    value = graph.value(name)
+    if value is not None:
+        return [("const", int(v)) for v in value.reshape(-1)]
+    tensor = graph.tensors.get(name)
+    if tensor is None or tensor.producer is None:
+        return None
+    node = graph.nodes[tensor.producer]
+    shape = tensor.shape
+    length = shape[0] if shape and len(shape) == 1 and isinstance(shape[0], int) else (1 if shape == () else None)
+    if node.op_type == "Concat":
+        parts = [shape_sources(graph, n) for n in node.input]
+        if all(p is not None for p in parts):
+            return [e for p in parts for e in p]
+    elif node.op_type in ("Cast", "Identity", "Unsqueeze", "Squeeze") and node.input:
+        return shape_sources(graph, node.input[0])
+    elif node.op_type == "Shape":
+        x = node.input[0]
+        rank = len(graph.shape(x)) if graph.shape(x) is not None else None
+        if rank is not None:
+            attrs = {a.name: a.i for a in node.attribute}
+            start = normalize_axis(attrs.get("start", 0), rank)
+            end = normalize_axis(attrs.get("end", rank), rank) if "end" in attrs else rank
+            return [("dim", x, a) for a in range(max(0, start), min(rank, end))]
+    elif node.op_type == "Gather" and graph.value(node.input[1]) is not None:
+        data = shape_sources(graph, node.input[0])
+        if data is not None:
+            return [data[int(i)] for i in graph.value(node.input[1]).reshape(-1)]
+    elif node.op_type == "Slice" and all(graph.value(n) is not None for n in node.input[1:] if n):
+        data = shape_sources(graph, node.input[0])
+        bounds = [graph.value(n) if n else None for n in node.input[1:]]
+        steps = bounds[3] if len(bounds) > 3 and bounds[3] is not None else [1]
+        if data is not None:
+            return data[int(bounds[0][0]):int(bounds[1][0]):int(steps[0])]
+    return None if length is None else [None] * length
+
+
+def check_shape_entry(view: NodeView, shape_input: int, out_axis: int, identity_input_axis: int | None):
+    """Raise Unknown unless the shape entry for `out_axis` can follow a change of that axis."""
+    name = view.input(shape_input)
+    sources = shape_sources(view.graph, name)
+    if sources is None or out_axis >= len(sources):
+        raise Unknown(f"the shape input of {view.op_type} '{view.name}' is computed at run time")
+    entry = sources[out_axis]
+    follows = entry == ("const", -1) or identity_input_axis is not None and (
+        entry == ("dim", view.inputs[0], identity_input_axis) or (entry == ("const", 0) and identity_input_axis == out_axis))
+    if follows:
+        return  # the entry takes the new size by itself
+    if entry is not None and entry[0] == "const" and entry[1] != 0 and _rewritable(view.graph, name, out_axis):
+        return
+    raise Unknown(f"entry {out_axis} of the shape of {view.op_type} '{view.name}' is computed at run time")
+
+
+def _rewritable(graph, name: str, position: int) -> bool:
+    """Whether rewrite_shape_input can change this entry: the whole shape is known ahead, or it is
+    a Concat whose piece holding the entry is."""
+    sources = shape_sources(graph, name)
+    if all(s is not None and s[0] == "const" for s in sources):
+        return True
+    producer = graph.tensors[name].producer
+    if producer is None or graph.nodes[producer].op_type != "Concat":
+        return False
+    offset = 0
+    for piece in graph.nodes[producer].input:
+        piece_sources = shape_sources(graph, piece) or []
+        if offset <= position < offset + len(piece_sources):
+            return all(s is not None and s[0] == "const" for s in piece_sources)
+        offset += len(piece_sources)
+    return False
+
+
+def _with_entries(sources: list, new_entries: dict[int, int]) -> np.ndarray:
+    """The constant entries of `sources`, with `new_entries` (position -> value) applied."""
+    values = np.array([s[1] for s in sources], dtype=np.int64)
+    for pos, v in new_entries.items():
+        values[pos] = v
+    return values
+
+
+def rewrite_shape_input(view: NodeView, edit, shape_input: int, new_entries: dict[int, int]):
+    """Give the node a shape input whose entries `new_entries` (position -> value) are replaced.
+
+    A shape known in full becomes a new constant. A shape concatenated from pieces, some computed at
+    run time, gets a new Concat whose changed pieces are new constants. Shared tensors are never
+    modified in place.
+    """
+    name = view.input(shape_input)
+    sources = shape_sources(view.graph, name)
+    # Entries that read a size at run time, or are -1 or 0, follow the new sizes by themselves.
+    new_entries = {p: v for p, v in new_entries.items() if sources[p] is not None and sources[p][0] == "const"
+                   and sources[p][1] not in (-1, 0)}
+    if not new_entries:
+        return
+    if all(s is not None and s[0] == "const" for s in sources):
+        edit.set_input_value(view.index, shape_input, _with_entries(sources, new_entries))
+        return
+    concat = view.graph.nodes[view.graph.tensors[name].producer]
+    if concat.op_type != "Concat":
+        raise Unknown(f"cannot rewrite the computed shape input of {view.op_type} '{view.name}'")
+    pieces, offset = [], 0
+    for piece in concat.input:
+        piece_sources = shape_sources(view.graph, piece)
+        touched = {p - offset: v for p, v in new_entries.items() if offset <= p < offset + len(piece_sources)}
+        if touched:
+            piece = edit.add_constant(_with_entries(piece_sources, touched), hint=piece)
+        pieces.append(piece)
+        offset += len(piece_sources)
+    edit.replace_input_with_node(view.index, shape_input, "Concat", pieces, axis=0)
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+class Reshape(Rule):
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if tensor not in (x, y):
+            return []
+        live_is_input = tensor == x
+        ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier)
+        verdicts = []
+        for other_axis, src, dst in ties:
+            out_axis, in_axis = (other_axis, axis) if live_is_input else (axis, other_axis)
+            if view.op_type == "Reshape":
+                identity = in_axis if len(src) == len(dst) and view.size(x, in_axis) == view.size(y, out_axis) else None
+                check_shape_entry(view, 1, out_axis, identity)
+            verdicts.append(Link(y if live_is_input else x, other_axis, src, dst))
+        if view.op_type == "Reshape" and live_is_input:
+            verdicts += self.copied_sizes(view, axis, [t[0] for t in ties])
+        return verdicts
+
+    def copied_sizes(self, view: NodeView, axis: int, tied_out_axes: list[int]):
+        """A 0 in the shape copies the input's size at that position: it must land on the tied axis."""
+        sources = shape_sources(view.graph, view.input(1)) or []
+        if axis < len(sources) and sources[axis] == ("const", 0) and axis not in tied_out_axes:
+            return [Block(f"Reshape '{view.name}' copies the size of the pruned axis to another axis")]
+        return []
+
+    def rewrite(self, view: NodeView, edit):
+        if view.op_type != "Reshape":
+            return
+        y = view.outputs[0]
+        changed = {a: edit.new_size(y, a) for a in range(len(view.shape(y))) if edit.changed(y, a)}
+        if changed:
+            rewrite_shape_input(view, edit, 1, changed)
+
+
+@register("Transpose")
+class Transpose(Rule):
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        perm = view.attr("perm") or list(range(view.rank(x)))[::-1]
+        if tensor == x:
+            return [same(y, list(perm).index(axis), view.size(x, axis))]
+        return [same(x, perm[axis], view.size(y, axis))]
+
+
+@register("Concat")
+class Concat(Rule):
+    def links(self, view: NodeView, tensor: str, axis: int):
+        y = view.outputs[0]
+        cat = normalize_axis(view.attr("axis"), view.rank(y))
+        if axis != cat:
+            size = view.size(tensor, axis)
+            return [same(n, axis, size) for n in dict.fromkeys(view.inputs + [y]) if n and n != tensor]
+        offsets = np.cumsum([0] + [view.size(n, cat) for n in view.inputs])
+        in_pos, _ = positions(view, tensor)
+        if in_pos:
+            return [shifted(y, cat, view.size(tensor, cat), int(offsets[i])) for i in in_pos]
+        return [Link(n, cat, offsets[i] + np.arange(view.size(n, cat)), np.arange(view.size(n, cat)))
+                for i, n in enumerate(view.inputs)]
+
+
+@register("Split")
+class Split(Rule):
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x = view.inputs[0]
+        outputs = [o for o in view.outputs]
+        cut = normalize_axis(view.attr("axis", 0), view.rank(x))
+        if tensor != x and tensor not in outputs:
+            return []
+        if axis != cut:
+            size = view.size(tensor, axis)
+            return [same(n, axis, size) for n in [x] + outputs if n and n != tensor]
+        sizes = [view.size(o, cut) if o else None for o in outputs]
+        if None in sizes:
+            raise Unknown(f"Split '{view.name}' has an unused output, so its sizes are unknown")
+        starts = np.cumsum([0] + sizes)
+        if tensor == x:
+            return [Link(o, cut, starts[j] + np.arange(s), np.arange(s)) for j, (o, s) in enumerate(zip(outputs, sizes))]
+        j = outputs.index(tensor)
+        return [shifted(x, cut, sizes[j], int(starts[j]))]
+
+    def rewrite(self, view: NodeView, edit):
+        x = view.inputs[0]
+        cut = normalize_axis(view.attr("axis", 0), view.rank(x))
+        if not edit.changed(x, cut):
+            return
+        sizes = np.array([edit.new_size(o, cut) for o in view.outputs], dtype=np.int64)
+        if view.opset < 13:
+            edit.set_attr(view.index, "split", sizes.tolist())
+        else:
+            edit.remove_attr(view.index, "num_outputs")
+            edit.set_input_value(view.index, 1, sizes)
+
+
+@register("Slice")
+class Slice(Rule):
+    """A sliced axis ties input c to output c - start inside [start, end); steps other than 1 block."""
+
+    def sliced(self, view: NodeView, axis: int):
+        x = view.inputs[0]
+        rank = view.rank(x)
+        starts = view.const(view.input(1), "the starts")
+        ends = view.const(view.input(2), "the ends")
+        axes = view.const(view.input(3), "the axes") if view.input(3) else np.arange(len(starts))
+        steps = view.const(view.input(4), "the steps") if view.input(4) else np.ones(len(starts), dtype=np.int64)
+        axes = [normalize_axis(int(a), rank) for a in axes]
+        if axis not in axes:
+            return None
+        i = axes.index(axis)
+        n = view.size(x, axis)
+        start, end = (int(np.clip(v + n if v < 0 else v, 0, n)) for v in (int(starts[i]), int(ends[i])))
+        return i, start, max(end, start), int(steps[i])
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if tensor not in (x, y):
+            return []
+        cut = self.sliced(view, axis)
+        if cut is None:
+            return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+        _, start, end, step = cut
+        if step != 1:
+            return [Block(f"Slice '{view.name}' takes every {step}th element of axis {axis}")]
+        if tensor == x:
+            return [Link(y, axis, start + np.arange(end - start), np.arange(end - start))]
+        return [shifted(x, axis, end - start, start)]
+
+    def rewrite(self, view: NodeView, edit):
+        x, y = view.inputs[0], view.outputs[0]
+        starts = view.const(view.input(1), "the starts").copy()
+        ends = view.const(view.input(2), "the ends").copy()
+        touched = False
+        for axis in range(view.rank(x)):
+            cut = self.sliced(view, axis)
+            if cut is None or not edit.changed(x, axis):
+                continue
+            i, start, _, _ = cut
+            new_start = int(np.searchsorted(edit.kept(x, axis), start))
+            starts[i], ends[i] = new_start, new_start + edit.new_size(y, axis)
+            touched = True
+        if touched:
+            edit.set_input_value(view.index, 1, starts)
+            edit.set_input_value(view.index, 2, ends)
+
+
+@register("Expand")
+class Expand(Rule):
+    """Y = X broadcast to `shape`. Full-size axes of X tie to Y; a broadcast axis of Y ties to
+    nothing in X, but its shape entry is rewritten when Y's axis shrinks."""
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if tensor not in (x, y):
+            return []
+        shift = view.rank(y) - view.rank(x)
+        y_axis = axis + shift if tensor == x else axis
+        x_axis = y_axis - shift
+        full = x_axis >= 0 and view.size(x, x_axis) == view.size(y, y_axis)
+        sources = shape_sources(view.graph, view.input(1))
+        entry_pos = y_axis - (view.rank(y) - len(sources)) if sources is not None else -1
+        if entry_pos >= 0 and sources[entry_pos] != ("const", 1):
+            check_shape_entry(view, 1, entry_pos, None)
+        if not full:
+            return []
+        return [same(y if tensor == x else x, y_axis if tensor == x else x_axis, view.size(tensor, axis))]
+
+    def rewrite(self, view: NodeView, edit):
+        y = view.outputs[0]
+        sources = shape_sources(view.graph, view.input(1))
+        shift = view.rank(y) - len(sources)
+        changed = {a - shift: edit.new_size(y, a) for a in range(view.rank(y)) if edit.changed(y, a) and a >= shift
+                   and sources[a - shift] != ("const", 1)}
+        if changed:
+            rewrite_shape_input(view, edit, 1, changed)
+
+
+@register("Tile")
+class Tile(Rule):
+    """Y axis k repeats X axis k: X index c ties to every copy c + j * n."""
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if tensor not in (x, y):
+            return []
+        n = view.size(x, axis)
+        copies = int(view.const(view.input(1), "the repeats")[axis])
+        positions_ = np.arange(n * copies)
+        if tensor == x:
+            return [Link(y, axis, positions_ % n, positions_)]
+        return [Link(x, axis, positions_, positions_ % n)]
+
+
+@register("Gather")
+class Gather(Rule):
+    """Gathering along the live axis with constant indices ties each output position to the input
+    index it reads, and the indices are remapped; an embedding table's columns seed a group."""
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        data, indices, y = view.inputs[0], view.inputs[1], view.outputs[0]
+        along = normalize_axis(view.attr("axis", 0), view.rank(data))
+        idx_rank = view.rank(indices)
+        if tensor == indices:
+            return [same(y, along + axis, view.size(indices, axis))]
+        data_axis = axis if tensor == data else self.data_axis(axis, along, idx_rank)
+        if data_axis is None:  # an output axis that runs over the indices
+            if idx_rank != 1:
+                return [Block(f"Gather '{view.name}' indexes with a {idx_rank}-D tensor")]
+            picked = self.picked(view, along)
+            return [Link(data, along, np.arange(len(picked)), picked)]
+        if data_axis != along:
+            y_axis = data_axis if data_axis < along else data_axis - 1 + idx_rank
+            other, other_axis = (y, y_axis) if tensor == data else (data, data_axis)
+            return [same(other, other_axis, view.size(tensor, axis))]
+        picked = self.picked(view, along)
+        if idx_rank == 0:
+            return [Block(f"Gather '{view.name}' selects channel {int(picked[0])} alone", picked)]
+        if idx_rank != 1:
+            return [Block(f"Gather '{view.name}' indexes with a {idx_rank}-D tensor")]
+        return [Link(y, along, picked, np.arange(len(picked)))]
+
+    @staticmethod
+    def data_axis(y_axis: int, along: int, idx_rank: int) -> int | None:
+        if y_axis < along:
+            return y_axis
+        if y_axis >= along + idx_rank:
+            return y_axis - idx_rank + 1
+        return None
+
+    def picked(self, view: NodeView, along: int) -> np.ndarray:
+        n = view.size(view.inputs[0], along)
+        picked = view.const(view.inputs[1], "the indices").reshape(-1).astype(np.int64)
+        return np.where(picked < 0, picked + n, picked)
+
+    def seeds(self, view: NodeView):
+        data, indices, y = view.inputs[0], view.inputs[1], view.outputs[0]
+        if view.attr("axis", 0) == 0 and view.graph.is_param(data) and not view.graph.is_constant_derived(indices):
+            return [(y, view.rank(y) - 1)] if view.rank(data) == 2 else []
+        return []
+
+    def rewrite(self, view: NodeView, edit):
+        data = view.inputs[0]
+        along = normalize_axis(view.attr("axis", 0), view.rank(data))
+        if not edit.changed(data, along) or view.graph.value(view.inputs[1]) is None:
+            return
+        kept = edit.kept(data, along)
+        picked = self.picked(view, along)
+        remaining = picked[np.isin(picked, kept)]
+        new = np.searchsorted(kept, remaining).astype(view.graph.value(view.inputs[1]).dtype)
+        edit.set_input_value(view.index, 1, new.reshape(-1) if view.rank(view.inputs[1]) == 1 else new.reshape(()))
+
+
+class BlockRearrangement(Rule):
+    """DepthToSpace and SpaceToDepth: each channel of the deep side is one of blocksize^2 copies
+    of a channel of the shallow side; a shallow channel goes with all its copies."""
+
+    def deep_to_shallow(self, view: NodeView, deep_channels: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        x, y = view.inputs[0], view.outputs[0]
+        if axis == 0:
+            return [same(y if tensor == x else x, 0, view.size(tensor, 0))]
+        if axis != 1:
+            return [Block(f"{view.op_type} '{view.name}' moves data across axis {axis}")]
+        deep, shallow = (x, y) if view.op_type == "DepthToSpace" else (y, x)
+        deep_idx = np.arange(view.size(deep, 1))
+        shallow_idx = self.deep_to_shallow(view, len(deep_idx))
+        if tensor == deep:
+            return [Link(shallow, 1, deep_idx, shallow_idx)]
+        return [Link(deep, 1, shallow_idx, deep_idx)]
+
+
+@register("DepthToSpace")
+class DepthToSpace(BlockRearrangement):
+    def deep_to_shallow(self, view, deep_channels):
+        block = view.attr("blocksize") ** 2
+        c = np.arange(deep_channels)
+        crd = view.attr("mode", b"DCR") in (b"CRD", "CRD")
+        return c // block if crd else c % (deep_channels // block)
+
+
+@register("SpaceToDepth")
+class SpaceToDepth(BlockRearrangement):
+    def deep_to_shallow(self, view, deep_channels):
+        block = view.attr("blocksize") ** 2
+        return np.arange(deep_channels) % (deep_channels // block)
+
+
+# Operators that only move the elements of a shape vector around.
+_SHAPE_MOVES = ("Cast", "Concat", "Gather", "Identity", "Slice", "Squeeze", "Unsqueeze")
+
+
+@register("Shape")
+class Shape(Rule):
+    """Reading a tensor's shape is harmless unless the size of the pruned axis is used, at run time,
+    anywhere but in a Reshape that maps that very axis straight through (e.g. flatten(2) written as
+    Reshape(x, Concat(Shape(x)[:2], [-1])))."""
+
+    def links(self, view: NodeView, tensor: str, axis: int):
+        if not self.reads_ok(view, tensor, axis):
+            return [Block(f"the size of axis {axis} of '{tensor}' is read at run time by Shape '{view.name}'")]
+        return []
+
+    def reads_ok(self, view: NodeView, tensor: str, axis: int) -> bool:
+        graph, read = view.graph, ("dim", tensor, axis)
+        pending, seen = [view.outputs[0]], set()
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in graph.outputs:
+                return False
+            for index in graph.tensors[name].consumers:
+                node = graph.nodes[index]
+                if node.op_type in _SHAPE_MOVES:
+                    pending.extend(o for o in node.output if o)
+                    continue
+                sources = shape_sources(graph, name)
+                if sources is None or None in sources:
+                    return False
+                if read not in sources:
+                    continue
+                if node.op_type != "Reshape" or node.input[0] != tensor or node.input[1] != name:
+                    return False
+                ties = reshape_ties(view.shape(tensor), graph.shape(node.output[0]), axis, True, view.carrier)
+                straight = [t[0] for t in ties if len(t[1]) == len(t[2]) == view.size(tensor, axis)]
+                if any(e == read and p not in straight for p, e in enumerate(sources)):
+                    return False
+        return True
+
+
+__all__ = ["CARRIERS"]
