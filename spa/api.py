@@ -58,17 +58,20 @@ def removed_slices(analysis: Analysis, chosen: dict[int, np.ndarray]) -> dict[tu
 
 
 def prune(model, ratio: float = 0.0, criterion: str = "l1", scope: str = "local", round_to: int = 1,
-          keep=(), max_ratio: float = 0.9, carrier: str = "outer", seed: int = 0,
+          keep=(), max_ratio: float = 0.9, carrier: str = "outer", seed: int = 0, exact: bool = False,
           check: bool = True) -> tuple[onnx.ModelProto, Report]:
     """Prune `ratio` of the channels of every prunable group (local) or of all channels (global).
 
-    `model` is a path, a ModelProto or a Graph. Returns the pruned ModelProto (already checked with
-    onnx.checker, shape inference and onnxruntime unless check=False) and a Report.
+    `model` is a path, a ModelProto or a Graph. With exact=True, groups whose removal changes a
+    normalization over them (LayerNorm over hidden channels) are left whole. Returns the pruned
+    ModelProto (already checked with onnx.checker, shape inference and onnxruntime unless
+    check=False) and a Report.
     """
     check_ratio(ratio)
     graph = Graph.load(model)
     analysis = analyze(graph, keep=keep, carrier=carrier)
-    scores = score_groups(analysis, criterion, seed=seed)
+    groups = [g for g in analysis.prunable if not (exact and g.approximate)]
+    scores = score_groups(analysis, criterion, seed=seed, groups=groups)
     chosen = select(scores, ratio, scope=scope, round_to=round_to, max_ratio=max_ratio)
     return apply(analysis, chosen, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, check=check)
 

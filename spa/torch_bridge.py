@@ -12,9 +12,12 @@ onnx2torch stores an initializer in one of three ways, and all three are handled
   InstanceNorm), possibly transposed or scaled. That layer's parameter becomes the one tensor of
   the initializer, and other layers using the same initializer are tied to it;
 - read as a plain number at conversion (Clip bounds). Those are not in the module: `constants`.
+Every float initializer the module computes with is trainable, except BatchNorm running
+statistics (torch buffers, updated in train mode) and Pow exponents (NaN gradients).
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 import re
 from dataclasses import dataclass
@@ -360,6 +363,7 @@ def to_torch(model: onnx.ModelProto | str | PathLike) -> TorchModel:
     inits = {init.name: init for init in model.graph.initializer}
     float_names = {name for name, init in inits.items() if init.data_type in _FLOAT_TYPES}
 
+    _drop_biases_onnx_lacks(module, onnx_graph)
     placements, baked = _find_placements(module, onnx_graph, inits.keys(), float_names)
     _check_placements(module, placements, inits)
     get_attr_nodes = {node.target: node for node in module.graph.nodes if node.op == "get_attr"}
@@ -378,6 +382,7 @@ def to_torch(model: onnx.ModelProto | str | PathLike) -> TorchModel:
         name: ParamRef(torch_names[id(tensor)], placements[name][0].layout, isinstance(tensor, nn.Parameter))
         for name, tensor in tensors.items()
     }
+    _check_every_parameter_is_mapped(module, param_map)
     return TorchModel(
         module=module,
         param_map=param_map,
@@ -395,7 +400,7 @@ def write_back(onnx_model: onnx.ModelProto | str | PathLike, torch_model: TorchM
     """
     onnx_model = _load(onnx_model)
     if isinstance(torch_model, nn.Module):
-        torch_model = TorchModel(torch_model, *_param_map_and_names(onnx_model))
+        torch_model = dataclasses.replace(to_torch(onnx_model), module=torch_model)
     result = onnx.ModelProto()
     result.CopyFrom(onnx_model)
     for init in result.graph.initializer:
@@ -404,11 +409,6 @@ def write_back(onnx_model: onnx.ModelProto | str | PathLike, torch_model: TorchM
             dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
             init.CopyFrom(numpy_helper.from_array(value.astype(dtype), init.name))
     return result
-
-
-def _param_map_and_names(onnx_model: onnx.ModelProto):
-    converted = to_torch(onnx_model)
-    return converted.param_map, converted.constants, converted.input_names, converted.output_names
 
 
 def _load(model: onnx.ModelProto | str | PathLike) -> onnx.ModelProto:
@@ -439,11 +439,12 @@ def _read_initializers_directly(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     rewired = onnx.ModelProto()
     rewired.CopyFrom(model)
-    kept_nodes = [node for node in rewired.graph.node if not (node.op_type == "Identity" and node.output[0] in source)]
-    for node in kept_nodes:
+    nodes = rewired.graph.node
+    for i in reversed(range(len(nodes))):
+        if nodes[i].op_type == "Identity" and nodes[i].output[0] in source:
+            del nodes[i]
+    for node in nodes:
         node.input[:] = [source.get(value, value) for value in node.input]
-    del rewired.graph.node[:]
-    rewired.graph.node.extend(kept_nodes)
     return rewired
 
 
@@ -458,7 +459,8 @@ def _with_group_norm_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     stand_in = onnx.ModelProto()
     stand_in.CopyFrom(model)
     for i in indices:
-        stand_in.graph.node[i].CopyFrom(onnx.helper.make_node("Identity", graph_nodes[i].input[:1], graph_nodes[i].output))
+        identity = onnx.helper.make_node("Identity", graph_nodes[i].input[:1], graph_nodes[i].output)
+        stand_in.graph.node[i].CopyFrom(identity)
     inferred = onnx.shape_inference.infer_shapes(stand_in)
     for i in indices:
         inferred.graph.node[i].CopyFrom(graph_nodes[i])
@@ -524,6 +526,22 @@ class _Placement:
     attr: str
     layout: Layout
     is_forward_input: bool  # a buffer in gm.initializers passed to an operator's forward
+
+
+def _drop_biases_onnx_lacks(module: fx.GraphModule, onnx_graph: OnnxGraph) -> None:
+    """onnx2torch gives nn.LayerNorm a zero bias also where the ONNX node has none: torch would
+    train a bias that the ONNX model cannot hold."""
+    for node_name, node in onnx_graph.nodes.items():
+        layer = module.get_submodule(node_name)
+        if isinstance(layer, nn.LayerNorm) and (len(node.input_values) < 3 or not node.input_values[2]):
+            layer.bias = None
+
+
+def _check_every_parameter_is_mapped(module: fx.GraphModule, param_map: dict[str, ParamRef]) -> None:
+    mapped = {ref.torch_name for ref in param_map.values()}
+    for name, _ in module.named_parameters():
+        if name not in mapped:
+            raise TorchConversionError(f"torch parameter '{name}' made by onnx2torch holds no ONNX initializer")
 
 
 def _find_placements(module: fx.GraphModule, onnx_graph: OnnxGraph, init_names, float_names: set[str]):

@@ -17,28 +17,6 @@ RTOL = 1e-4   # of the output scale: max|a - b| <= RTOL * max|a| + ATOL
 ATOL = 1e-6
 
 
-class _Exports:
-    """Exports each (model, exporter, training) once per session, into a temporary directory."""
-
-    def __init__(self, root):
-        self.root = root
-        self.cache: dict[tuple[str, str, bool], str] = {}
-
-    def get(self, name: str, exporter: str, training: bool = False) -> str:
-        key = (name, exporter, training)
-        if key not in self.cache:
-            d = self.root / f"{name}-{exporter}-{'train' if training else 'eval'}"
-            d.mkdir()
-            self.cache[key] = export_zoo(name, d / "model.onnx", exporter=exporter,
-                                         training=training)
-        return self.cache[key]
-
-
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory):
-    return _Exports(tmp_path_factory.mktemp("torch_zoo"))
-
-
 def _session(path: str):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

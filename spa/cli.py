@@ -1,0 +1,278 @@
+"""The `spa` command: analyze, prune, bench.
+
+Every error a user can cause is one line on stderr and exit status 2; nothing is written unless
+the whole job succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import SpaError
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    """A plain text table, columns padded, numbers right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [all(_is_number(r[i]) for r in cells[1:]) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def _is_number(text: str) -> bool:
+    return text.replace(".", "", 1).replace("-", "", 1).replace("%", "").replace("x", "").replace(",", "").isdigit()
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+# ----------------------------------------------------------------------------- analyze
+def cmd_analyze(args) -> int:
+    from .groups import analyze
+
+    analysis = analyze(args.model, keep=args.keep, carrier=args.carrier)
+    rows = []
+    for g in analysis.groups:
+        params = g.params
+        status = "blocked" if g.blocked else ("single" if g.units < 2 else ("approx" if g.approximate else "ok"))
+        first = f"{params[0].tensor}[{params[0].axis}]" if params else "-"
+        rows.append([g.id, g.units, status, len(params), first])
+    print(table(rows, ["group", "channels", "status", "params", "first parameter"]))
+    if args.verbose:
+        for g in analysis.groups:
+            print()
+            print(g.describe())
+    if analysis.blocked:
+        print("\nblocked groups:")
+        for g in analysis.blocked:
+            print(f"  group {g.id} ({g.units} channels): " + "; ".join(g.blocked))
+    approximate = [g for g in analysis.prunable if g.approximate]
+    if approximate:
+        print("\napproximate groups (pruning changes normalization statistics):")
+        for g in approximate:
+            print(f"  group {g.id}: " + "; ".join(g.approximate))
+    prunable = analysis.prunable
+    print(f"\n{len(analysis.groups)} groups: {len(prunable)} prunable ({sum(g.units for g in prunable)} channels), "
+          f"{len(analysis.blocked)} blocked, {sum(1 for g in analysis.groups if not g.blocked and g.units < 2)} single-channel")
+    if args.json:
+        _write_json(args.json, analysis.to_dict(), protected=[args.model])
+    return 0
+
+
+# ----------------------------------------------------------------------------- prune
+def cmd_prune(args) -> int:
+    from .api import prune
+    from .io import check_output_path, save_model
+    from .runtime import latency, random_inputs
+
+    output = check_output_path(args.output, protected=[args.model])
+    if args.report:
+        check_output_path(args.report, protected=[args.model, output])
+    pruned, report = prune(
+        args.model, ratio=args.ratio, criterion=args.criterion, scope=args.scope, round_to=args.round_to,
+        keep=args.keep, max_ratio=args.max_ratio, carrier=args.carrier, seed=args.seed, exact=args.exact,
+    )
+    if not args.no_latency:
+        feeds = random_inputs(pruned, batch=1)
+        report.latency = {"before": latency(args.model, feeds), "after": latency(pruned, feeds)}
+    save_model(pruned, output, protected=[args.model])
+    print(prune_table(report))
+    if report.blocked:
+        print(f"\n{len(report.blocked)} group(s) left whole because they are blocked (run `spa analyze` for reasons)")
+    if report.approximate:
+        print(f"{len(report.approximate)} pruned group(s) are approximate (normalization over pruned channels); "
+              "use --exact to prune only groups whose removal is exact")
+    print(f"\nwrote {output}")
+    if args.report:
+        _write_json(args.report, report.to_dict(), protected=[args.model, output])
+    return 0
+
+
+def prune_table(report) -> str:
+    def change(before, after):
+        return f"{(after - before) / before * 100:+.1f}%" if before else "-"
+
+    rows = [
+        ["parameters", _human(report.params_before), _human(report.params_after), change(report.params_before, report.params_after)],
+        ["FLOPs (MACs)", _human(report.flops_before), _human(report.flops_after), change(report.flops_before, report.flops_after)],
+        ["file size (bytes)", _human(report.size_before), _human(report.size_after), change(report.size_before, report.size_after)],
+        ["groups pruned", "", f"{report.groups_pruned} of {report.groups_prunable}", ""],
+    ]
+    if report.latency:
+        b, a = report.latency["before"]["median_ms"], report.latency["after"]["median_ms"]
+        rows.append(["latency, batch 1 (ms)", f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x faster" if a else "-"])
+    return table(rows, ["", "before", "after", "change"])
+
+
+# ----------------------------------------------------------------------------- bench
+def cmd_bench(args) -> int:
+    from .graph import load_model
+    from .runtime import latency, random_inputs
+
+    models = [args.model] + ([args.other] if args.other else [])
+    loaded = [load_model(m)[0] for m in models]
+    feeds = random_inputs(loaded[0], batch=args.batch)
+    rows, results = [], []
+    for path, model in zip(models, loaded):
+        if len(models) > 1 and [i.name for i in model.graph.input] != [i.name for i in loaded[0].graph.input]:
+            raise SpaError(f"{path} takes different inputs than {models[0]}")
+        result = latency(path, feeds, warmup=args.warmup, repeats=args.runs, threads=args.threads)
+        results.append(result)
+        throughput = args.batch / (result["median_ms"] / 1e3)
+        rows.append([os.path.basename(path), f"{result['median_ms']:.3f}", f"{result['p90_ms']:.3f}", f"{throughput:.1f}"])
+    if len(results) == 2:
+        rows.append(["speed-up", f"{results[0]['median_ms'] / results[1]['median_ms']:.2f}x", "", ""])
+    print(table(rows, ["model", "median ms", "p90 ms", "samples/s"]))
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+def zoo_frameworks() -> dict:
+    """framework -> (zoo registry loader, zoo exporter), imported only when asked for."""
+    def torch_zoo():
+        from models_zoo.torch_models import TORCH_ZOO, TORCH_ZOO_LARGE
+
+        return {**TORCH_ZOO, **TORCH_ZOO_LARGE}
+
+    def torch_export(name, output, args):
+        from frontends.torch import export_zoo
+
+        return export_zoo(name, output, exporter=args.exporter, training=args.training)
+
+    return {"torch": (torch_zoo, torch_export)}
+
+
+def cmd_export(args) -> int:
+    from .io import check_output_path
+
+    frameworks = zoo_frameworks()
+    if args.framework not in frameworks:
+        raise SpaError(f"unknown framework '{args.framework}' (choose from {', '.join(frameworks)})")
+    load_zoo, export = frameworks[args.framework]
+    try:
+        zoo = load_zoo()
+    except ImportError as e:
+        raise SpaError(str(e)) from None
+    if args.list or not args.model:
+        print(table([[n, getattr(e, "description", "")] for n, e in zoo.items()], ["model", "description"]))
+        return 0
+    if args.model not in zoo:
+        raise SpaError(f"no {args.framework} zoo model '{args.model}' (choose from {', '.join(zoo)})")
+    if not args.output:
+        raise SpaError("give the output path with -o OUT.onnx")
+    output = check_output_path(args.output)
+    export(args.model, output, args)
+    print(f"wrote {output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- plumbing
+def _write_json(path, data, protected=()):
+    from .io import check_output_path
+
+    path = check_output_path(path, protected=protected)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .criteria import CRITERIA
+    from .rules.shape import CARRIERS
+    from .targets import SCOPES
+
+    parser = argparse.ArgumentParser(prog="spa", description="SPA: structurally prune any ONNX model.")
+    parser.add_argument("--version", action="version", version=f"spa {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("model", help="the ONNX model")
+        p.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="node or tensor names never to prune")
+        p.add_argument("--carrier", choices=CARRIERS, default="outer",
+                       help="when a reshape splits channels (e.g. into attention heads), prune whole outer slices "
+                            "(heads, the default) or inner ones (the within-head dimension)")
+
+    p = sub.add_parser("analyze", help="list the coupled channel groups and why any are blocked")
+    common(p)
+    p.add_argument("--json", metavar="OUT.json", help="write the analysis as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every group's members")
+    p.set_defaults(run=cmd_analyze)
+
+    p = sub.add_parser("prune", help="remove channels and write a smaller ONNX model")
+    common(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of channels to remove, in [0, 1) (default 0.3)")
+    p.add_argument("--criterion", default="l1", help=f"importance criterion: {', '.join(sorted(CRITERIA))} (default l1)")
+    p.add_argument("--scope", choices=SCOPES, default="local",
+                   help="local: the ratio in every group; global: the ratio over all channels, ranked together")
+    p.add_argument("--max-ratio", type=_ratio, default=0.9, help="global scope: most a group may lose (default 0.9)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
+    p.add_argument("--exact", action="store_true", help="prune only groups whose removal is exact (no normalization over them)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random criterion")
+    p.add_argument("--report", metavar="OUT.json", help="write the report as JSON")
+    p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
+    p.set_defaults(run=cmd_prune)
+
+    p = sub.add_parser("export", help="export a zoo model to ONNX")
+    p.add_argument("--framework", default="torch", help="torch, tf or jax (default torch)")
+    p.add_argument("--model", help="the zoo model's name (see --list)")
+    p.add_argument("-o", "--output", metavar="OUT.onnx")
+    p.add_argument("--list", action="store_true", help="list the zoo models of the framework")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo", help="torch exporter")
+    p.add_argument("--training", action="store_true", help="keep BatchNormalization unfused")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("bench", help="onnxruntime latency and throughput, side by side")
+    p.add_argument("model")
+    p.add_argument("other", nargs="?", help="a second model (e.g. the pruned one) run on the same inputs")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SpaError as e:
+        print(f"spa: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (e.g. `spa analyze ... | head`)
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except KeyboardInterrupt:
+        print("spa: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: one line, and the way to see more
+        if os.environ.get("SPA_DEBUG"):
+            raise
+        print(f"spa: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(set SPA_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
