@@ -82,7 +82,7 @@ def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
     removed = removed_slices(analysis, chosen)
     pruned = rewrite(graph, removed, analysis.carrier)
     if check:
-        validate(pruned, graph.path or graph.model)
+        validate(pruned, graph.model)
     after = Graph(pruned)
     report = Report(
         criterion=settings.get("criterion", ""), ratio=settings.get("ratio", 0.0), scope=settings.get("scope", "local"),

@@ -50,12 +50,15 @@ def aggregate_scores(group: Group, graph, element_score: Callable[[str, np.ndarr
     return np.sum([member_unit_scores(m, element_score(m.tensor, graph.value(m.tensor))) for m in members], axis=0)
 
 
-def magnitude(power: int):
-    def score(analysis: Analysis, group: Group, context) -> np.ndarray:
-        scores = aggregate_scores(group, analysis.graph, lambda _, w: np.abs(w.astype(np.float64)) ** power)
-        return np.sqrt(scores) if power == 2 else scores
+def l1(analysis: Analysis, group: Group, context) -> np.ndarray:
+    return aggregate_scores(group, analysis.graph, lambda _, w: np.abs(w, dtype=np.float32))
 
-    return score
+
+def l2(analysis: Analysis, group: Group, context) -> np.ndarray:
+    """The root mean square of each channel's slices, summed over the group's members."""
+    members = scored_members(group, analysis.graph)
+    return np.sum([np.sqrt(member_unit_scores(m, np.square(analysis.graph.value(m.tensor), dtype=np.float32)))
+                   for m in members], axis=0) if members else np.zeros(group.units)
 
 
 def random_scores(analysis: Analysis, group: Group, context) -> np.ndarray:
@@ -63,8 +66,8 @@ def random_scores(analysis: Analysis, group: Group, context) -> np.ndarray:
 
 
 CRITERIA: dict[str, Callable] = {
-    "l1": magnitude(1),
-    "l2": magnitude(2),
+    "l1": l1,
+    "l2": l2,
     "random": random_scores,
 }
 

@@ -7,16 +7,20 @@ order and cycle detection.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from .errors import SpaError
-from .fold import MAX_ELEMENTS, fold_shapes, refine_reshape_shapes
+from .fold import MAX_ELEMENTS, fold_shapes
 from .protos import constant_node_value, outer_scope_names
 
 SUPPORTED_OPSETS = range(13, 24)
@@ -44,18 +48,12 @@ class Graph:
     def __init__(self, model: onnx.ModelProto, base_dir: str | None = None):
         # Folding shape arithmetic and solving reshapes make more shapes static, which can make more
         # arithmetic foldable: repeat until nothing changes.
-        hints: dict[str, tuple] = {}
         for _ in range(8):
-            shapes = _infer_shapes(model, hints)
-            small = _small_constants(model)
-            folded, known = fold_shapes(model, shapes, small)
-            if folded is not None:
-                model = folded
-                continue
-            refined = refine_reshape_shapes(model, shapes, known, small)
-            if all(hints.get(k) == v for k, v in refined.items()):
+            shapes = _infer_shapes(model)
+            folded, known = fold_shapes(model, shapes, _small_constants(model))
+            if folded is None:
                 break
-            hints.update(refined)
+            model = folded
         self.model = model
         # Shape vectors that stay computed at run time, with the entries known ahead (None elsewhere).
         self.partial_values: dict[str, np.ndarray] = known
@@ -289,24 +287,19 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str, tuple[tuple | None, int]]:
-    """name -> (shape, elem_type) for every tensor ONNX shape inference can type.
+def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple | None, int]]:
+    """name -> (shape, elem_type) for every tensor shape inference can type.
 
-    `hints` (name -> (shape, elem_type)) are shapes SPA worked out itself; inference builds on them.
+    ONNX's own inference knows every standard operator; onnxruntime's symbolic inference keeps
+    symbolic sizes through arithmetic (a -1 next to a symbolic batch, a batch carried through
+    Concat and Expand) where ONNX's gives up. Each tensor takes the more informative answer.
     """
     skeleton = _skeleton(model)
-    for name, (shape, elem_type) in (hints or {}).items():
-        skeleton.graph.value_info.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
-    try:
-        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
-    except Exception:  # inference failing on one node must not stop analysis: fall back to what the model says
-        inferred = model
-    shapes = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.HasField("tensor_type"):
-            shapes[vi.name] = (_shape_of(vi.type.tensor_type), vi.type.tensor_type.elem_type)
-    shapes.update(hints or {})
+    shapes = _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
+    symbolic = _shapes_from(_run_inference(lambda: SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True)))
+    for name, (shape, elem_type) in symbolic.items():
+        if name not in shapes or _information(shape) > _information(shapes[name][0]):
+            shapes[name] = (shape, elem_type or shapes.get(name, (None, 0))[1])
     for t in model.graph.initializer:
         shapes[t.name] = (tuple(int(d) for d in t.dims), t.data_type)
     for node in model.graph.node:
@@ -314,6 +307,30 @@ def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str
             v = constant_node_value(node)
             shapes[node.output[0]] = (tuple(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype))
     return shapes
+
+
+def _run_inference(infer) -> onnx.ModelProto | None:
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return infer()
+    except Exception:  # inference failing on one node must not stop the analysis
+        return None
+
+
+def _shapes_from(model: onnx.ModelProto | None) -> dict[str, tuple[tuple | None, int]]:
+    if model is None:
+        return {}
+    g = model.graph
+    return {vi.name: (_shape_of(vi.type.tensor_type), vi.type.tensor_type.elem_type)
+            for vi in list(g.input) + list(g.output) + list(g.value_info) if vi.type.HasField("tensor_type")}
+
+
+def _information(shape) -> float:
+    """How much a shape says: static sizes count most, named symbols some, unknowns nothing."""
+    if shape is None:
+        return -1
+    return sum(2 if isinstance(d, int) else (1 if isinstance(d, str) and not d.startswith("unk__") else 0) for d in shape)
 
 
 def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
+from collections import Counter
 from dataclasses import dataclass
 from os import PathLike
 
@@ -184,7 +185,7 @@ def _reuse_while_neutral(op_type: str, version: int, is_neutral: dict):
 
 _RESIZE_18_NEUTRAL = {
     "antialias": lambda value: value == 0,
-    "axes": lambda value: False,
+    "axes": lambda value: False,  # Resize over chosen axes: not what the earlier converter does
     "keep_aspect_ratio_policy": lambda value: value == "stretch",
 }
 
@@ -338,8 +339,8 @@ class TorchModel:
         return _to_onnx_layout(self.torch_tensor(name), ref.layout)
 
     def onnx_grad(self, name: str) -> np.ndarray:
-        """The gradient of the initializer in ONNX layout; zeros where no gradient was computed
-        (not trainable, or not reached by the last backward pass)."""
+        """The gradient of the initializer in ONNX layout, as float32; zeros where no gradient
+        was computed (not trainable, or not reached by the last backward pass)."""
         ref = self.param_map[name]
         tensor = self.torch_tensor(name)
         if tensor.grad is None:
@@ -356,18 +357,18 @@ def _to_onnx_layout(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
 
 def to_torch(model: onnx.ModelProto | str | PathLike) -> TorchModel:
     """Convert an ONNX model to a trainable torch module (see the module docstring)."""
-    model = _with_group_norm_shapes(_read_initializers_directly(_load(model)))
+    model = _with_group_norm_shapes(_prepared(_load(model)))
     _check_outputs_are_computed(model.graph)
     module = _convert(model)
     onnx_graph = OnnxGraph(model.graph)
     inits = {init.name: init for init in model.graph.initializer}
     float_names = {name for name, init in inits.items() if init.data_type in _FLOAT_TYPES}
 
-    _drop_biases_onnx_lacks(module, onnx_graph)
+    _repair_layer_norms(module, onnx_graph)
     placements, baked = _find_placements(module, onnx_graph, inits.keys(), float_names)
     _check_placements(module, placements, inits)
     get_attr_nodes = {node.target: node for node in module.graph.nodes if node.op == "get_attr"}
-    fixed = _pow_exponents(model.graph)
+    fixed = _non_trainable_initializers(model.graph)
     tensors = {
         name: _bind_one_tensor(module, get_attr_nodes, name, places, trainable=name not in fixed)
         for name, places in placements.items()
@@ -397,8 +398,10 @@ def write_back(onnx_model: onnx.ModelProto | str | PathLike, torch_model: TorchM
 
     `torch_model` is a TorchModel, or a module made by to_torch from this ONNX model (its
     param_map is then rebuilt by converting the ONNX model again: the names are deterministic).
+    The copy is the model as to_torch prepared it (see _prepared): the same computation, with
+    Identity copies of initializers bypassed and shared BatchNorm statistics split.
     """
-    onnx_model = _load(onnx_model)
+    onnx_model = _prepared(_load(onnx_model))
     if isinstance(torch_model, nn.Module):
         torch_model = dataclasses.replace(to_torch(onnx_model), module=torch_model)
     result = onnx.ModelProto()
@@ -416,8 +419,13 @@ def _load(model: onnx.ModelProto | str | PathLike) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------------------------
-# Conversion and its errors
+# Preparing the model, converting it, and naming what fails
 # ---------------------------------------------------------------------------------------------
+
+
+def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as to_torch converts it and write_back writes it (the same computation)."""
+    return _split_shared_statistics(_read_initializers_directly(model))
 
 
 def _read_initializers_directly(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -446,6 +454,44 @@ def _read_initializers_directly(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in nodes:
         node.input[:] = [source.get(value, value) for value in node.input]
     return rewired
+
+
+def _split_shared_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give each BatchNormalization running statistic whose initializer has other uses a copy of
+    its own, named '<BN output>.running_mean' or '.running_var'.
+
+    torch.onnx.export merges equal initializers: in a fresh model the BN mean and bias (zeros) and
+    the var and scale (ones) become one initializer. torch trains the scale and bias but updates
+    the statistics (in train mode), so these must be separate tensors.
+    Returns a copy with the split (or the model itself when nothing is shared).
+    """
+    graph = model.graph
+    init_names = {init.name for init in graph.initializer}
+    uses = Counter(value for node in graph.node for value in node.input)
+    taken = init_names | {value for node in graph.node for value in node.output}
+    splits = []  # (node index, input index, name of the copy)
+    for i, node in enumerate(graph.node):
+        if node.op_type != "BatchNormalization" or node.domain != "":
+            continue
+        for index, role in ((3, "running_mean"), (4, "running_var")):
+            if node.input[index] in init_names and uses[node.input[index]] > 1:
+                copy_name = f"{node.output[0]}.{role}"
+                while copy_name in taken:
+                    copy_name += "_"
+                taken.add(copy_name)
+                splits.append((i, index, copy_name))
+    if not splits:
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    inits = {init.name: init for init in graph.initializer}
+    for i, index, copy_name in splits:
+        node = result.graph.node[i]
+        statistic = result.graph.initializer.add()
+        statistic.CopyFrom(inits[node.input[index]])
+        statistic.name = copy_name
+        node.input[index] = copy_name
+    return result
 
 
 def _with_group_norm_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -528,13 +574,19 @@ class _Placement:
     is_forward_input: bool  # a buffer in gm.initializers passed to an operator's forward
 
 
-def _drop_biases_onnx_lacks(module: fx.GraphModule, onnx_graph: OnnxGraph) -> None:
-    """onnx2torch gives nn.LayerNorm a zero bias also where the ONNX node has none: torch would
-    train a bias that the ONNX model cannot hold."""
+def _repair_layer_norms(module: fx.GraphModule, onnx_graph: OnnxGraph) -> None:
+    """Repair two things onnx2torch gets wrong in the nn.LayerNorm it builds:
+    - a zero bias also where the ONNX node has none: torch would train a bias ONNX cannot hold;
+    - normalized_shape 0 where shape inference left a dimension unknown: the scale has the shape.
+    """
     for node_name, node in onnx_graph.nodes.items():
         layer = module.get_submodule(node_name)
-        if isinstance(layer, nn.LayerNorm) and (len(node.input_values) < 3 or not node.input_values[2]):
+        if not isinstance(layer, nn.LayerNorm):
+            continue
+        if len(node.input_values) < 3 or not node.input_values[2]:
             layer.bias = None
+        if 0 in layer.normalized_shape and layer.weight.dim() == len(layer.normalized_shape):
+            layer.normalized_shape = tuple(layer.weight.shape)
 
 
 def _check_every_parameter_is_mapped(module: fx.GraphModule, param_map: dict[str, ParamRef]) -> None:
@@ -608,9 +660,19 @@ def _same_values(actual: torch.Tensor, expected: torch.Tensor, exact: bool) -> b
     return torch.equal(actual, expected) if exact else torch.allclose(actual, expected, rtol=1e-5)
 
 
-def _pow_exponents(graph: onnx.GraphProto) -> set[str]:
-    """Exponents of Pow stay fixed: their gradient is NaN wherever the base is negative."""
-    return {node.input[1] for node in graph.node if node.op_type == "Pow" and node.domain == ""}
+# Inputs that must not train: BatchNormalization running statistics (torch updates them in
+# train mode) and Pow exponents (their gradient is NaN wherever the base is negative).
+_NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4), "Pow": (1,)}
+
+
+def _non_trainable_initializers(graph: onnx.GraphProto) -> set[str]:
+    return {
+        node.input[index]
+        for node in graph.node
+        if node.domain == ""
+        for index in _NON_TRAINABLE_INPUTS.get(node.op_type, ())
+        if index < len(node.input)
+    }
 
 
 def _bind_one_tensor(

@@ -9,16 +9,16 @@ class _Exports:
 
     def __init__(self, root):
         self.root = root
-        self.cache: dict[tuple[str, str, bool], str] = {}
+        self.cache: dict[tuple, str] = {}
 
-    def get(self, name: str, exporter: str, training: bool = False) -> str:
+    def get(self, name: str, exporter: str, training: bool = False, opset: int | None = None) -> str:
         from frontends.torch import export_zoo
 
-        key = (name, exporter, training)
+        key = (name, exporter, training, opset)
         if key not in self.cache:
-            d = self.root / f"{name}-{exporter}-{'train' if training else 'eval'}"
+            d = self.root / f"{name}-{exporter}-{'train' if training else 'eval'}-{opset or 'default'}"
             d.mkdir()
-            self.cache[key] = export_zoo(name, d / "model.onnx", exporter=exporter, training=training)
+            self.cache[key] = export_zoo(name, d / "model.onnx", exporter=exporter, training=training, opset=opset)
         return self.cache[key]
 
 

@@ -48,6 +48,17 @@ def test_zoo_prune_equals_zeroed_original(exports, name, exporter):
                     assert ch["after"] == ch["before"] - math.floor(ratio * ch["before"] + 1e-9)
 
 
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("name", ["resnet_bottleneck", "shufflenet_v2", "mobilenet_v2", "vit", "unet"])
+def test_older_opsets_prune_exactly(exports, name, opset):
+    """Opsets 13 to 17 put axes and split sizes in attributes where newer ones use inputs."""
+    path = exports.get(name, "torchscript", opset=opset)
+    assert onnx.load(path).opset_import[0].version == opset
+    pruned, report = spa.prune(path, ratio=0.5, exact=True)
+    assert report.groups_pruned > 0
+    assert max_relative_error(path, pruned, report.removed) < TOLERANCE
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", [n for n in TORCH_ZOO if n == "vit"])
 def test_approximate_groups_prune_to_a_valid_model(exports, name, exporter):

@@ -12,7 +12,7 @@ from onnx import TensorProto, defs, helper, numpy_helper
 from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, get_converter
 from torch import nn
 
-from spa.torch_bridge import _OWN_CONVERTERS, _TYPE_ONLY_VERSIONS, TorchConversionError, to_torch, write_back
+from spa.torch_bridge import _TYPE_ONLY_VERSIONS, TorchConversionError, to_torch, write_back
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -78,7 +78,7 @@ def export(model, example, dynamo):
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), buffer, dynamo=dynamo)
+        torch.onnx.export(model.eval(), (example,), buffer, dynamo=dynamo, opset_version=20)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -89,10 +89,12 @@ EXPORTED = {
 }
 
 
-def make_model(nodes, inputs, outputs, initializers, opset=23):
-    graph = helper.make_graph(nodes, "test", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+def make_model(nodes, inputs, outputs, initializers, opset=23, check=True):
+    tensors = [numpy_helper.from_array(value, name) for name, value in initializers.items()]
+    graph = helper.make_graph(nodes, "test", inputs, outputs, tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    onnx.checker.check_model(model, full_check=True)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
     return model
 
 
@@ -131,7 +133,8 @@ def opset23_model():
         helper.make_node("Flatten", ["transposed"], ["flat"]),  # 23
         helper.make_node("Identity", ["flat"], ["same"]),  # 23
         helper.make_node("Gemm", ["same", "gemm_w", "gemm_b"], ["gemm"]),  # transB=0
-        helper.make_node("MatMul", ["gemm", "matmul_w"], ["matmul"]),
+        helper.make_node("LayerNormalization", ["gemm", "ln_scale"], ["normalized"]),  # no bias
+        helper.make_node("MatMul", ["normalized", "matmul_w"], ["matmul"]),
         helper.make_node("Add", ["matmul", "matmul_b"], ["biased"]),
         helper.make_node("Reshape", ["biased", "shape"], ["reshaped"], allowzero=1),  # 23
         helper.make_node("Cast", ["reshaped"], ["y"], to=TensorProto.FLOAT),  # 23
@@ -141,7 +144,7 @@ def opset23_model():
         "conv_w": floats(8, 4, 3, 3), "conv_b": floats(8),
         "gn_scale": floats(8), "gn_bias": floats(8),
         "pads": ints(1, 1), "pad_axes": ints(3), "mean_axes": ints(2), "one": ints(1),
-        "gemm_w": floats(16, 8), "gemm_b": floats(8),
+        "gemm_w": floats(16, 8), "gemm_b": floats(8), "ln_scale": floats(8),
         "matmul_w": floats(8, 5), "matmul_b": floats(5),
         "shape": ints(2, 5), "max_axes": ints(1),
     }
@@ -212,7 +215,8 @@ def check_round_trip(model, inputs):
     converted = to_torch(model)
     assert_close_to_scale(run_torch(converted, inputs), run_onnx(model, inputs), rtol=1e-4)
 
-    initial = float_initializers(model)
+    initial = float_initializers(write_back(model, converted))  # the model as prepared for torch
+    assert float_initializers(model).keys() <= initial.keys()
     assert converted.param_map.keys() | converted.constants == initial.keys()
     for name, ref in converted.param_map.items():
         np.testing.assert_array_equal(converted.onnx_tensor(name).detach().numpy(), initial[name])
@@ -255,6 +259,30 @@ def test_opset23_operator_versions():
     assert converted.param_map["matmul_w"].torch_name.startswith("initializers.")  # was a buffer
 
 
+@pytest.mark.parametrize("opset, affine_size", [(18, 2), (21, 6)])
+def test_group_normalization(opset, affine_size):
+    """Version 18 has one scale and bias per group, version 21 one per channel."""
+    nodes = [helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=2)]
+    initializers = {"scale": floats(affine_size), "bias": floats(affine_size)}
+    inputs, outputs = [tensor_info("x", [2, 6, 3, 3])], [tensor_info("y", [2, 6, 3, 3])]
+    # onnx's checker calls version 18 deprecated (replaced by 21); exporters and onnxruntime still use it
+    model = make_model(nodes, inputs, outputs, initializers, opset, check=opset >= 21)
+    check_round_trip(model, [floats(2, 6, 3, 3)])
+
+
+def test_new_attribute_values_are_refused_not_ignored():
+    nodes = [
+        helper.make_node(
+            "Resize", ["x", "", "scales"], ["y"], name="resize", mode="linear",
+            coordinate_transformation_mode="half_pixel_symmetric",
+        )
+    ]
+    initializers = {"scales": np.array([1, 1, 2, 2], np.float32)}
+    model = make_model(nodes, [tensor_info("x", [1, 2, 3, 3])], [tensor_info("y", [1, 2, 6, 6])], initializers)
+    with pytest.raises(TorchConversionError, match="Resize .* node 'resize'.*half_pixel_symmetric"):
+        to_torch(model)
+
+
 def test_batchnorm_running_statistics_are_written_back():
     model = batchnorm_model()
     converted = check_round_trip(model, [floats(4, 3, 8, 8)])
@@ -282,6 +310,34 @@ def test_pow_exponent_stays_fixed():
     converted = check_round_trip(model, [floats(3, 8)])
     assert not converted.param_map["two"].trainable
     assert converted.param_map["eps"].trainable
+
+
+def test_batchnorm_initializers_merged_by_the_exporter():
+    """As torch.onnx.export writes fresh BatchNorms: scale and var are one initializer (ones),
+    bias and mean another (zeros), shared by two BatchNorms. The statistics get their own copies;
+    the scales stay one parameter."""
+    bn_inputs = ["ones", "zeros", "zeros", "ones"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", *bn_inputs], ["b1"]),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("BatchNormalization", ["c2", *bn_inputs], ["y"]),
+    ]
+    initializers = {"w1": floats(4, 3, 3, 3), "w2": floats(4, 4, 1, 1), "ones": np.ones(4, np.float32),
+                    "zeros": np.zeros(4, np.float32)}
+    model = make_model(nodes, [tensor_info("x", [2, 3, 5, 5])], [tensor_info("y", [2, 4, 5, 5])], initializers, 20)
+    converted = check_round_trip(model, [floats(2, 3, 5, 5)])
+    assert converted.param_map["ones"].trainable and converted.param_map["zeros"].trainable
+    statistics = {name for name, ref in converted.param_map.items() if not ref.trainable}
+    assert statistics == {f"{bn}.{role}" for bn in ("b1", "y") for role in ("running_mean", "running_var")}
+
+
+def test_layer_norm_over_dimensions_shape_inference_leaves_unknown():
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=1)]
+    initializers = {"scale": floats(5, 8), "bias": floats(5, 8)}
+    inputs, outputs = [tensor_info("x", ["batch", "tokens", 8])], [tensor_info("y", ["batch", "tokens", 8])]
+    check_round_trip(make_model(nodes, inputs, outputs, initializers), [floats(2, 5, 8)])
 
 
 def test_gemm_layouts_and_gradients():
@@ -318,7 +374,8 @@ def test_shared_initializer_is_one_parameter():
         helper.make_node("MatMul", ["g", "w"], ["m"]),
         helper.make_node("Add", ["m", "b"], ["y"]),
     ]
-    model = make_model(nodes, [tensor_info("x", [3, 6])], [tensor_info("y", [3, 6])], {"w": floats(6, 6), "b": floats(6)})
+    initializers = {"w": floats(6, 6), "b": floats(6)}
+    model = make_model(nodes, [tensor_info("x", [3, 6])], [tensor_info("y", [3, 6])], initializers)
     converted = check_round_trip(model, [floats(3, 6)])
     assert len(list(converted.module.parameters())) == 2
 
@@ -391,4 +448,3 @@ def test_every_later_version_of_a_supported_operator_has_a_converter():
             except NotImplementedError:
                 missing.append((schema.name, schema.since_version))
     assert missing == []
-    assert ("Gelu", 20) in _OWN_CONVERTERS
