@@ -67,6 +67,7 @@ class _Partial:
         self.shapes = shapes  # name -> (shape, elem_type)
         self.values: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, np.dtype] = {}
+        self.read_sizes: set[str] = set()  # values that depend on a tensor's size (Shape, Size)
         for name, value in known.items():
             self.set(name, _objects(value), value.dtype)
 
@@ -84,6 +85,8 @@ class _Partial:
     def evaluate(self, node):
         """Set the partial values of the node's outputs, when they can be worked out."""
         op, ins, attrs = node.op_type, list(node.input), _attrs(node)
+        if op in ("Shape", "Size") or any(n in self.read_sizes for n in ins):
+            self.read_sizes.update(o for o in node.output if o)
         if op == "Shape":
             shape = self.shapes.get(ins[0], (None, 0))[0]
             if shape is not None:
@@ -202,7 +205,11 @@ def fold_shapes(model: onnx.ModelProto, shapes: dict,
         partial.evaluate(node)
         for out in node.output:
             value = partial.full(out) if out else None
-            if value is not None and value.size <= MAX_ELEMENTS and out not in graph_outputs:
+            if value is None or value.size > MAX_ELEMENTS or out in graph_outputs:
+                continue
+            # Shape arithmetic only: a float computed from weights alone (a transposed weight) is
+            # the model's own parameter and keeps its name.
+            if out in partial.read_sizes or not np.issubdtype(value.dtype, np.floating):
                 folded[out] = value
     known = {n: v for n, v in partial.values.items() if n not in folded and n not in small_params}
     producers = {o: i for i, n in enumerate(graph.node) for o in n.output}
@@ -214,8 +221,12 @@ def fold_shapes(model: onnx.ModelProto, shapes: dict,
     new_initializers = [numpy_helper.from_array(folded[name], name) for name in folded
                         if name in used and producers.get(name) in dropped]
     nodes = _live_nodes([n for i, n in enumerate(graph.node) if i not in dropped], graph_outputs)
+    # Initializers that only fed the folded arithmetic go with it.
+    read_before = {n for node in graph.node for n in _node_reads(node)}
+    read_now = {n for node in nodes for n in _node_reads(node)} | graph_outputs
+    initializers = [t for t in graph.initializer if t.name in read_now or t.name not in read_before]
     new_graph = helper.make_graph(nodes, graph.name, graph.input, graph.output,
-                                  list(graph.initializer) + new_initializers, doc_string=graph.doc_string,
+                                  initializers + new_initializers, doc_string=graph.doc_string,
                                   value_info=[v for v in graph.value_info if v.name not in folded])
     new_graph.sparse_initializer.extend(graph.sparse_initializer)
     new = helper.make_model(new_graph, opset_imports=model.opset_import, ir_version=model.ir_version,

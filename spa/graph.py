@@ -8,6 +8,8 @@ order and cycle detection.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import io
 import os
 import warnings
@@ -17,7 +19,6 @@ import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from .errors import SpaError
 from .fold import MAX_ELEMENTS, fold_shapes
@@ -263,7 +264,9 @@ def _check_model(model: onnx.ModelProto):
         onnx.checker.check_model(_skeleton(model))
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpaError(f"invalid ONNX model: {first[:200]}") from None
+        # A deprecated operator version (GroupNormalization-18) is still a valid model to run.
+        if "is deprecated in domain_version" not in first:
+            raise SpaError(f"invalid ONNX model: {first[:200]}") from None
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -296,7 +299,10 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple | None, int]]
     """
     skeleton = _skeleton(model)
     shapes = _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
-    symbolic = _shapes_from(_run_inference(lambda: SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True)))
+    produced = [o for node in model.graph.node for o in node.output if o]
+    settled = all(_fully_known(shapes.get(name, (None, 0))[0]) for name in produced)
+    symbolic = {} if settled else _shapes_from(
+        _run_inference(lambda: _symbolic_shape_inference().infer_shapes(skeleton, auto_merge=True)))
     for name, (shape, elem_type) in symbolic.items():
         if name not in shapes or _information(shape) > _information(shapes[name][0]):
             shapes[name] = (shape, elem_type or shapes.get(name, (None, 0))[1])
@@ -307,6 +313,18 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple | None, int]]
             v = constant_node_value(node)
             shapes[node.output[0]] = (tuple(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype))
     return shapes
+
+
+@functools.cache
+def _symbolic_shape_inference():
+    """onnxruntime's SymbolicShapeInference, loaded from its file: the `onnxruntime.tools` package
+    imports torch on import (seconds), which the shape inference does not need."""
+    package = os.path.dirname(importlib.util.find_spec("onnxruntime").origin)
+    spec = importlib.util.spec_from_file_location("spa._symbolic_shape_infer",
+                                                  os.path.join(package, "tools", "symbolic_shape_infer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
 
 
 def _run_inference(infer) -> onnx.ModelProto | None:
@@ -324,6 +342,10 @@ def _shapes_from(model: onnx.ModelProto | None) -> dict[str, tuple[tuple | None,
     g = model.graph
     return {vi.name: (_shape_of(vi.type.tensor_type), vi.type.tensor_type.elem_type)
             for vi in list(g.input) + list(g.output) + list(g.value_info) if vi.type.HasField("tensor_type")}
+
+
+def _fully_known(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) or (isinstance(d, str) and not d.startswith("unk__")) for d in shape)
 
 
 def _information(shape) -> float:

@@ -200,6 +200,7 @@ class _Propagation:
     def visit(self, index: int, dim: int, tensor: str, axis: int):
         node = self.graph.nodes[index]
         view = NodeView(self.graph, index, self.carrier)
+        view.is_live = lambda t, a: (t, a % max(len(self.graph.shape(t) or ()), 1)) in self.dim_ids
         rule = rule_for(node)
         if rule is None:
             domain = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
@@ -209,7 +210,7 @@ class _Propagation:
             verdicts = list(rule.links(view, tensor, axis))
             targets = [self.live(v.tensor, v.axis) if isinstance(v, Link) else None for v in verdicts]
         except Unknown as e:
-            self.blocks.append((dim, None, f"{e} ({node.op_type} '{view.name}')" if view.name not in str(e) else str(e)))
+            self.blocks.append((dim, None, str(e) if f"'{view.name}'" in str(e) else f"{e} ({node.op_type} '{view.name}')"))
             return
         for verdict, target in zip(verdicts, targets):
             if isinstance(verdict, Link):
@@ -248,69 +249,88 @@ class _Propagation:
         sizes = np.array(self.sizes)
         element_dim = np.repeat(np.arange(n_dims), sizes)
         element_index = np.arange(total) - np.repeat(np.array(self.offsets[:-1]), sizes)
+        labels = self._components(total)
+        n_labels = int(labels.max()) + 1
+        reasons = self._reasons_by_label(labels, self.blocks)
+        approximate = self._reasons_by_label(labels, [(d, None, r) for d, r in self.approximations])
+        label_group, n_groups = self._group_of_label(labels, element_dim, n_dims, n_labels, reasons, approximate)
+
+        # Units of a group are numbered in the order of their first element.
+        first_element = np.full(n_labels, total)
+        np.minimum.at(first_element, labels, np.arange(total))
+        ordered = np.lexsort((first_element, label_group))
+        group_of_ordered = label_group[ordered]
+        group_starts = np.searchsorted(group_of_ordered, np.arange(n_groups))
+        unit_of_label = np.empty(n_labels, dtype=np.int64)
+        unit_of_label[ordered] = np.arange(n_labels) - group_starts[group_of_ordered]
+        units_per_group = np.bincount(label_group, minlength=n_groups)
+
+        # One member per (group, dimension): its elements sorted by unit, then index.
+        element_group = label_group[labels]
+        element_unit = unit_of_label[labels]
+        order = np.lexsort((element_index, element_unit, element_dim, element_group))
+        segment_key = element_group[order] * n_dims + element_dim[order]
+        bounds = np.flatnonzero(np.diff(segment_key)) + 1
+        members: dict[int, list[Member]] = {g: [] for g in range(n_groups)}
+        member_dims: dict[int, list[int]] = {g: [] for g in range(n_groups)}
+        for s, e in zip(np.concatenate([[0], bounds]).tolist(), np.concatenate([bounds, [total]]).tolist()):
+            g, dim = int(element_group[order[s]]), int(element_dim[order[s]])
+            offsets = np.searchsorted(element_unit[order[s:e]], np.arange(units_per_group[g] + 1))
+            tensor, axis = self.dims[dim]
+            members[g].append(Member(tensor, axis, self.sizes[dim], self.graph.is_param(tensor),
+                                     element_index[order[s:e]], offsets))
+            member_dims[g].append(dim)
+
+        groups = []
+        for g in range(n_groups):
+            if not any(m.is_param for m in members[g]):
+                continue  # nothing to remove: e.g. channels a Pad adds, or input-side remnants
+            label = int(ordered[group_starts[g]])
+            operators = sorted({i for d in member_dims[g] for i in self.dim_nodes.get(d, ())})
+            groups.append(Group(
+                id=len(groups), units=int(units_per_group[g]), members=self._ordered(members[g]),
+                blocked=list(reasons.get(label, ())), approximate=list(approximate.get(label, ())),
+                operators=[f"{self.graph.nodes[i].op_type} '{self.graph.node_name(i)}'" for i in operators],
+            ))
+        return groups
+
+    def _components(self, total: int) -> np.ndarray:
+        """The connected component of every element under the ties."""
         if self.edges:
             src = np.concatenate([e[0] for e in self.edges])
             dst = np.concatenate([e[1] for e in self.edges])
         else:
             src = dst = np.zeros(0, dtype=np.int64)
         adjacency = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(total, total))
-        _, labels = connected_components(adjacency, directed=False)
+        return connected_components(adjacency, directed=False)[1]
 
-        reasons = self._reasons_by_label(labels, [(d, i, r) for d, i, r in self.blocks])
-        approximate = self._reasons_by_label(labels, [(d, None, r) for d, r in self.approximations])
-
-        # A unit's signature: the dimensions it runs through (sorted), plus why it is blocked.
-        keys = np.unique(labels.astype(np.int64) * n_dims + element_dim)
-        key_label, key_dim = keys // n_dims, keys % n_dims
-        unique_labels, starts = np.unique(key_label, return_index=True)
-        dims_per_label = np.split(key_dim, starts[1:])
-        first_element = np.full(labels.max() + 1, total)
-        np.minimum.at(first_element, labels, np.arange(total))
-        group_index: dict[tuple, int] = {}
-        label_group = np.zeros(labels.max() + 1, dtype=np.int64)
-        for label, dims in zip(unique_labels.tolist(), dims_per_label):
-            key = (tuple(dims.tolist()), reasons.get(label, ()), approximate.get(label, ()))
-            label_group[label] = group_index.setdefault(key, len(group_index))
-        # Units of a group are numbered in the order of their first element.
-        label_order = np.lexsort((first_element[unique_labels], label_group[unique_labels]))
-        ordered = unique_labels[label_order]
-        group_of_ordered = label_group[ordered]
-        group_starts = np.searchsorted(group_of_ordered, np.arange(len(group_index)))
-        unit_of_label = np.zeros(labels.max() + 1, dtype=np.int64)
-        unit_of_label[ordered] = np.arange(len(ordered)) - group_starts[group_of_ordered]
-        units_per_group = np.bincount(group_of_ordered, minlength=len(group_index))
-
-        element_group = label_group[labels]
-        element_unit = unit_of_label[labels]
-        order = np.lexsort((element_index, element_unit, element_dim, element_group))
-        seg_key = element_group[order] * n_dims + element_dim[order]
-        seg_bounds = np.flatnonzero(np.diff(seg_key)) + 1
-        seg_starts = np.concatenate([[0], seg_bounds])
-        seg_ends = np.concatenate([seg_bounds, [total]])
-
-        members: dict[int, list[Member]] = {g: [] for g in range(len(group_index))}
-        for s, e in zip(seg_starts.tolist(), seg_ends.tolist()):
-            g = int(element_group[order[s]])
-            dim = int(element_dim[order[s]])
-            units = element_unit[order[s:e]]
-            offsets = np.searchsorted(units, np.arange(units_per_group[g] + 1))
-            tensor, axis = self.dims[dim]
-            members[g].append(Member(tensor, axis, self.sizes[dim], self.graph.is_param(tensor),
-                                     element_index[order[s:e]], offsets))
-
-        groups = []
-        for key, g in group_index.items():
-            params = [m for m in members[g] if m.is_param]
-            if not params:
-                continue  # nothing to remove: e.g. channels a Pad adds, or input-side remnants
-            dims = key[0]
-            operators = sorted({i for d in dims for i in self.dim_nodes.get(d, ())})
-            groups.append(Group(
-                id=len(groups), units=int(units_per_group[g]), members=self._ordered(members[g]),
-                blocked=list(key[1]), approximate=list(key[2]),
-                operators=[f"{self.graph.nodes[i].op_type} '{self.graph.node_name(i)}'" for i in operators],
-            ))
-        return groups
+    def _group_of_label(self, labels, element_dim, n_dims, n_labels, reasons, approximate) -> tuple[np.ndarray, int]:
+        """Units that run through the same dimensions, blocked or approximate for the same
+        reasons, form one group. A unit's set of dimensions is summarized by a sum of random 64-bit
+        weights, and the grouping is then checked exactly."""
+        pairs = np.unique(labels.astype(np.int64) * n_dims + element_dim)  # (unit, dimension), once each
+        pair_label, pair_dim = pairs // n_dims, pairs % n_dims
+        weights = np.random.default_rng(0).integers(1, 2**63, n_dims, dtype=np.uint64)
+        signature = np.zeros(n_labels, dtype=np.uint64)
+        np.add.at(signature, pair_label, weights[pair_dim])
+        dim_count = np.bincount(pair_label, minlength=n_labels)
+        reason_ids = {r: i for i, r in enumerate(sorted(set(reasons.values()) | set(approximate.values())), start=1)}
+        blocked_id, approximate_id = np.zeros(n_labels, dtype=np.uint64), np.zeros(n_labels, dtype=np.uint64)
+        for label, r in reasons.items():
+            blocked_id[label] = reason_ids[r]
+        for label, r in approximate.items():
+            approximate_id[label] = reason_ids[r]
+        keys = np.stack([signature, dim_count.astype(np.uint64), blocked_id, approximate_id], axis=1)
+        _, label_group = np.unique(keys, axis=0, return_inverse=True)
+        label_group = label_group.reshape(-1)
+        n_groups = int(label_group.max()) + 1
+        # Exact check: a group whose units share k dimensions has exactly k distinct dimensions.
+        distinct = np.bincount(np.unique(label_group[pair_label] * n_dims + pair_dim) // n_dims, minlength=n_groups)
+        first = np.full(n_groups, n_labels)
+        np.minimum.at(first, label_group, np.arange(n_labels))
+        if not np.array_equal(distinct, dim_count[first]):
+            raise AssertionError("two different sets of dimensions had the same signature")
+        return label_group, n_groups
 
     def _reasons_by_label(self, labels: np.ndarray, marks) -> dict[int, tuple[str, ...]]:
         found: dict[int, set[str]] = {}

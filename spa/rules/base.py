@@ -87,6 +87,7 @@ class NodeView:
     def __init__(self, graph, index: int, carrier: str = "outer"):
         self.graph = graph
         self.carrier = carrier  # which digit carries the channels when a reshape splits an axis (spa.rules.shape)
+        self.is_live = lambda tensor, axis: False  # set during propagation: is (tensor, axis) live yet
         self.index = index
         self.node: onnx.NodeProto = graph.nodes[index]
         self.op_type = self.node.op_type

@@ -141,9 +141,14 @@ class Pad(Rule):
         begin, end = self.pads_of(view, axis)
         if begin == end == 0:
             return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
-        if view.attr("mode", b"constant") not in (b"constant", "constant") or begin < 0 or end < 0:
+        if begin < 0 or end < 0:
+            return [Block(f"Pad '{view.name}' crops axis {axis}")]
+        if view.attr("mode", b"constant") not in (b"constant", "constant"):
             return [Block(f"Pad '{view.name}' pads axis {axis} with copies of its channels")]
         n = view.size(x, axis)
         if tensor == x:
             return [shifted(y, axis, n, begin)]
-        return [Link(x, axis, np.arange(n) + begin, np.arange(n))]
+        # The channels Pad adds cannot be removed without changing the pads: they stay.
+        added = np.concatenate([np.arange(begin), np.arange(begin + n, begin + n + end)])
+        return [Link(x, axis, np.arange(n) + begin, np.arange(n)),
+                Block(f"Pad '{view.name}' adds these channels", added)]

@@ -32,11 +32,13 @@ def _strides(sizes: list[int]) -> list[int]:
     return strides[::-1]
 
 
-def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str):
+def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False):
     """(other_axis, src, dst) tying the live axis to the other side of a row-major reshape.
 
-    Returns [] when the live axis has no partner (it is size 1), and raises Unknown when the live
-    axis lies among dims that are symbolic or whose digits straddle each other.
+    When the live axis splits into several digits, one already live on the other side is taken
+    (a shuffle seen from its far end), otherwise the carrier policy chooses. Returns [] when the
+    live axis has no partner (it is size 1), and raises Unknown when the live axis lies among dims
+    that are symbolic or whose digits straddle each other.
     """
     live, other = (list(in_shape), list(out_shape)) if live_is_input else (list(out_shape), list(in_shape))
     # Equal leading and trailing dims map one to one, whatever they are (symbolic batch included).
@@ -81,8 +83,10 @@ def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: s
         positions_ = np.arange(n)
         return [(prefix + j, (positions_ * s // live_stride) % size, positions_)]
     if insides:  # the live axis splits into several digits: one of them carries the channels
-        j = max(insides, key=lambda k: _strides(other_mid)[k]) if carrier == "outer" else min(
-            insides, key=lambda k: _strides(other_mid)[k])
+        live_insides = [k for k in insides if is_live(prefix + k)]
+        candidates = live_insides or insides
+        j = max(candidates, key=lambda k: _strides(other_mid)[k]) if carrier == "outer" else min(
+            candidates, key=lambda k: _strides(other_mid)[k])
         s, n = _strides(other_mid)[j], other_mid[j]
         return [(prefix + j, live_idx, (live_idx * live_stride // s) % n)]
     raise Unknown("the reshape mixes the pruned axis with others")
@@ -222,7 +226,9 @@ class Reshape(Rule):
         if tensor not in (x, y):
             return []
         live_is_input = tensor == x
-        ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier)
+        other = y if live_is_input else x
+        ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier,
+                            lambda a: view.is_live(other, a))
         verdicts = []
         for other_axis, src, dst in ties:
             out_axis, in_axis = (other_axis, axis) if live_is_input else (axis, other_axis)
@@ -316,13 +322,14 @@ class Slice(Rule):
     def sliced(self, view: NodeView, axis: int):
         x = view.inputs[0]
         rank = view.rank(x)
-        starts = view.const(view.input(1), "the starts")
-        ends = view.const(view.input(2), "the ends")
-        axes = view.const(view.input(3), "the axes") if view.input(3) else np.arange(len(starts))
-        steps = view.const(view.input(4), "the steps") if view.input(4) else np.ones(len(starts), dtype=np.int64)
+        count = view.size(view.input(1), 0)
+        axes = view.const(view.input(3), "the axes") if view.input(3) else np.arange(count)
         axes = [normalize_axis(int(a), rank) for a in axes]
         if axis not in axes:
-            return None
+            return None  # bounds on other axes do not matter here, even computed ones
+        starts = view.const(view.input(1), "the starts")
+        ends = view.const(view.input(2), "the ends")
+        steps = view.const(view.input(4), "the steps") if view.input(4) else np.ones(len(starts), dtype=np.int64)
         i = axes.index(axis)
         n = view.size(x, axis)
         start, end = (int(np.clip(v + n if v < 0 else v, 0, n)) for v in (int(starts[i]), int(ends[i])))

@@ -208,7 +208,7 @@ def init_shape(model: onnx.ModelProto, name: str) -> tuple:
 
 
 def init_value(model: onnx.ModelProto, name: str) -> np.ndarray:
-    """The value of the constant that `name` is, or that the node named `name` reads as input `name`."""
+    """The value of initializer `name`."""
     for t in model.graph.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)

@@ -9,7 +9,7 @@ import numpy as np
 from onnx import helper
 
 import spa
-from graphs import Builder, assert_blocked, check_prune, conv_params, group_of, init_shape, params, sandwich
+from graphs import Builder, assert_blocked, check_prune, group_of, init_shape, params, sandwich
 from spa.rules import supported_operators
 
 
