@@ -22,7 +22,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .errors import SpaError
 from .graph import Graph
-from .rules import Approximate, Block, Link, NodeView, Unknown, rule_for
+from .rules import Approximate, Block, Link, NodeView, Summed, Unknown, rule_for
 from .rules.shape import CARRIERS
 
 
@@ -127,6 +127,7 @@ def analyze(model, keep=(), carrier: str = "outer") -> Analysis:
     propagation = _Propagation(graph, carrier)
     propagation.seed()
     propagation.run()
+    propagation.flag_sums_over_nonzero()
     propagation.keep(keep)
     return Analysis(graph, propagation.groups(), carrier)
 
@@ -143,6 +144,8 @@ class _Propagation:
         self.blocks: list[tuple[int, np.ndarray | None, str]] = []
         self.approximations: list[tuple[int, str]] = []
         self.dim_nodes: dict[int, set[int]] = {}
+        self.node_ties: dict[int, set[tuple[int, int]]] = {}  # node -> live dims tied at it
+        self.sums: list[tuple[int, int, str]] = []  # (node, dim, reason): the dim is summed there
         self.queue: deque[int] = deque()
 
     # ----------------------------------------------------------------- growing the live set
@@ -221,10 +224,32 @@ class _Propagation:
                     raise AssertionError(f"rule for {node.op_type} tied indices out of range")
                 self.edges.append((self.offsets[dim] + verdict.src, self.offsets[target] + verdict.dst))
                 self.dim_nodes.setdefault(target, set()).add(index)
+                self.node_ties.setdefault(index, set()).add((dim, target))
             elif isinstance(verdict, Block):
                 self.blocks.append((dim, verdict.indices, verdict.reason))
             elif isinstance(verdict, Approximate):
                 self.approximations.append((dim, verdict.reason))
+            elif isinstance(verdict, Summed):
+                self.sums.append((index, dim, verdict.reason))
+
+    def flag_sums_over_nonzero(self):
+        """A sum over removed channels equals the zeroed original only if, once their parameters
+        are zeroed, those channels are zero there (or a factor multiplying them is). Follow that
+        forward through the graph and flag every other sum as approximate."""
+        zero = {d: self.graph.is_param(t) for d, (t, _) in enumerate(self.dims)}
+        for index in self.graph.topological_order():
+            node = self.graph.nodes[index]
+            ties = self.node_ties.get(index, ())
+            outputs = {d for pair in ties for d in pair if self.dims[d][0] in node.output}
+            for out in outputs:
+                tied = {self.dims[d]: zero[d] for pair in ties if out in pair for d in pair
+                        if d != out and self.dims[d][0] in node.input}
+                zero[out] = rule_for(node).zero_output(NodeView(self.graph, index, self.carrier), *self.dims[out], tied)
+        for index, dim, reason in self.sums:
+            factors = {dim} | {d for pair in self.node_ties.get(index, ()) if dim in pair for d in pair
+                               if self.dims[d][0] in self.graph.nodes[index].input}
+            if not any(zero[d] for d in factors):
+                self.approximations.append((dim, f"{reason}, which are not zero there"))
 
     def keep(self, names):
         """Block every live dimension of the named tensors, or of the named nodes' inputs and outputs."""

@@ -4,10 +4,13 @@ A rule knows one kind of operator. Given a *live* dimension (tensor, axis) of on
 operator's inputs or outputs, it says which elements of the operator's other dimensions are tied
 to which elements of the live one (`Link`), or that the live dimension cannot be pruned here
 (`Block`), or that pruning it is allowed but changes more than zeroing would (`Approximate`,
-e.g. a LayerNorm whose statistics run over the pruned channels). A rule also names the dimensions
-where new prunable channels are born (`seeds`, e.g. the output channels of a Conv), and fixes the
-operator after channels are removed (`rewrite`: attributes such as Conv `group`, constant inputs
-such as Reshape shapes or Split sizes).
+e.g. a LayerNorm whose statistics run over the pruned channels), or that the live dimension is
+summed over here (`Summed`: exact only where removed channels are zero, which `zero_output`
+follows through the graph).
+
+A rule also names the dimensions where new prunable channels are born (`seeds`, e.g. the output
+channels of a Conv), and fixes the operator after channels are removed (`rewrite`: attributes
+such as Conv `group`, constant inputs such as Reshape shapes or Split sizes).
 
 Links are element-level: index i of the live dimension is tied to index j of the other one. Ties
 are symmetric and transitive; their closure is computed in spa.groups. A link that ties many
@@ -48,7 +51,16 @@ class Approximate:
     reason: str
 
 
-Verdict = Link | Block | Approximate
+@dataclass
+class Summed:
+    """The live dimension is summed over here (a contraction or a sum reduction). Removing its
+    channels equals zeroing them only if they are zero when their parameters are: otherwise the
+    prune is approximate, with `reason`."""
+
+    reason: str
+
+
+Verdict = Link | Block | Approximate | Summed
 
 
 class Unknown(Exception):
@@ -163,3 +175,9 @@ class Rule:
 
     def rewrite(self, view: NodeView, edit) -> None:
         return None
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs: dict[tuple[str, int], bool]) -> bool:
+        """Whether output dimension (tensor, axis) is zero at removed channels once their
+        parameters are zeroed, given which input dimensions tied to it are (`tied_inputs`).
+        By default: when all of them are (data moved around, pooled, added)."""
+        return bool(tied_inputs) and all(tied_inputs.values())

@@ -1,6 +1,8 @@
 """Element-wise operators: every axis passes through; broadcasting ties only full-size axes."""
 from __future__ import annotations
 
+import numpy as np
+
 from . import register
 from .base import NodeView, Rule, positions, same
 
@@ -21,6 +23,14 @@ BROADCAST = (
 )
 
 
+# Unary operators with f(0) = 0: a zeroed channel stays zero through them.
+ZERO_AT_ZERO = {
+    "Abs", "Asin", "Asinh", "Atan", "Atanh", "Cast", "CastLike", "Ceil", "Celu", "Dropout", "Elu", "Erf", "Floor",
+    "Gelu", "HardSwish", "Identity", "LeakyRelu", "Mish", "Neg", "Relu", "Round", "Selu", "Shrink", "Sign", "Sin",
+    "Sinh", "Softsign", "Sqrt", "Swish", "Tan", "Tanh", "ThresholdedRelu",
+}
+
+
 @register(*UNARY)
 class Unary(Rule):
     """Output i has the shape of input 0 (Dropout's optional mask too): axis k ties to axis k."""
@@ -29,6 +39,17 @@ class Unary(Rule):
         size = view.size(tensor, axis)
         data = [view.inputs[0]] + [o for o in view.outputs if o]
         return [same(t, axis, size) for t in data if t != tensor] if tensor in data else []
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        if view.op_type == "Clip":  # zero stays zero when the bounds hold it
+            low, high = (view.value(view.input(i)) for i in (1, 2))
+            if (view.input(1) and low is None) or (view.input(2) and high is None):
+                return False
+            if (low is not None and low > 0) or (high is not None and high < 0):
+                return False
+        elif view.op_type not in ZERO_AT_ZERO:
+            return False
+        return tied_inputs.get((view.inputs[0], axis), False)
 
 
 @register(*BROADCAST)
@@ -55,3 +76,22 @@ class Broadcast(Rule):
             if in_axis >= 0 and view.size(name, in_axis) == size and (name, in_axis) != (tensor, axis):
                 verdicts.append(same(name, in_axis, size))
         return verdicts
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        out_rank = view.rank(tensor)
+        zero = []  # per input: True/False if tied along the axis, None if broadcast along it
+        for name in view.inputs:
+            in_axis = axis - (out_rank - view.rank(name)) if name else -1
+            zero.append(tied_inputs.get((name, in_axis)) if in_axis >= 0 else None)
+        op = view.op_type
+        if op in ("Mul", "And", "BitwiseAnd"):
+            return any(zero)
+        if op in ("PRelu", "Div", "Mod", "Pow"):  # zero when the first input is, if the second keeps it so
+            second = view.value(view.inputs[1])
+            keeps = second is not None and (op != "Pow" or np.all(second > 0)) and (op == "Pow" or np.all(second != 0))
+            return bool(zero[0]) and (op == "PRelu" or keeps)
+        if op == "Where":
+            return bool(zero[1]) and bool(zero[2])
+        if op in ("Add", "Sub", "Max", "Min", "Sum", "Mean", "BitwiseOr", "Or", "Xor", "BitwiseXor"):
+            return all(z is True for z in zero)
+        return False  # comparisons and the like do not give zero for zero

@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 
 from . import register
-from .base import Block, NodeView, Rule, same, whole_group_links
+from .base import Block, NodeView, Rule, Summed, same, whole_group_links
 
 
 # ----------------------------------------------------------------------------- letter notation
@@ -23,6 +23,8 @@ def letter_links(view: NodeView, operands: list[tuple[str, str]], tensor: str, a
         letter = letters[axis]
         if letters.count(letter) > 1:
             return [Block(f"{view.op_type} '{view.name}' takes a diagonal over the axis")]
+        if letter not in operands[-1][1]:
+            verdicts.append(Summed(f"{view.op_type} '{view.name}' sums over the pruned channels"))
         for other, other_letters in operands:
             for a, l in enumerate(other_letters):
                 if l == letter and (other, a) != (tensor, axis) and view.size(other, a) == size:
@@ -87,6 +89,19 @@ class LetterRule(Rule):
     def links(self, view: NodeView, tensor: str, axis: int):
         return letter_links(view, self.operands(view), tensor, axis)
 
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        """A product is zero where one factor is; an added input not tied here (a broadcast Gemm
+        bias) is not."""
+        *inputs, (_, out_letters) = self.operands(view)
+        letter = out_letters[axis]
+        factors = [tied_inputs.get((name, letters.index(letter))) if letter in letters else None
+                   for name, letters in inputs]
+        if view.op_type == "Gemm" and len(inputs) == 3:
+            *factors, bias = factors
+            if bias is not True:
+                return False
+        return any(factors)
+
     def seeds(self, view: NodeView):
         return free_letter_seeds(view, self.operands(view))
 
@@ -129,7 +144,8 @@ class Convolution(Rule):
             return [Block(f"{view.op_type} '{view.name}' slides over axis {axis} of '{tensor}'")]
         if groups == 1:
             side = in_dims if live in in_dims else out_dims
-            return [same(n, a, view.size(tensor, axis)) for n, a in side if (n, a) != live]
+            summed = [Summed(f"{view.op_type} '{view.name}' sums over the pruned channels")] if side is in_dims else []
+            return [same(n, a, view.size(tensor, axis)) for n, a in side if (n, a) != live] + summed
         if live == (w, 1):
             return [Block(f"the within-group axis of grouped {view.op_type} '{view.name}' cannot be pruned")]
         per_group = {d: view.size(*d) // groups for d in in_dims + out_dims if d != (w, 1)}
@@ -137,6 +153,11 @@ class Convolution(Rule):
 
     def seeds(self, view: NodeView):
         return [(view.outputs[0], 1)] if view.graph.is_constant_derived(view.input(1)) else []
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        """An output channel is zero when its filter and bias are."""
+        w, b = view.input(1), view.input(2)
+        return axis == 1 and tied_inputs.get((w, self.weight_out_axis), False) and (not b or tied_inputs.get((b, 0), False))
 
     def rewrite(self, view: NodeView, edit):
         groups, x = view.attr("group", 1), view.input(0)

@@ -9,12 +9,23 @@
 - LayerNormalization and RMSNormalization: each normalized axis of X and Y with the same axis of
   Scale (and B). Statistics run over the pruned channels, so pruning them is *approximate*: the
   group stays prunable (that is how a transformer's hidden size is pruned) and is flagged.
-- LpNormalization: the norm over the axis gets no contribution from a zeroed channel: exact.
+- LpNormalization: the norm over the axis gets no contribution from a zeroed channel: exact
+  where the removed channels are zero (see `Summed`).
 """
 from __future__ import annotations
 
 from . import register
-from .base import Approximate, Block, NodeView, Rule, normalize_axis, same, whole_group_links
+from .base import Approximate, Block, NodeView, Rule, Summed, normalize_axis, same, whole_group_links
+
+
+class AffineNormalization(Rule):
+    """A normalization ending in scale * normalized + bias: zero where scale and bias are."""
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        scale, bias = view.input(1), view.input(2)
+        scale_zero = any(zero for (name, _), zero in tied_inputs.items() if name == scale)
+        bias_zero = not bias or any(zero for (name, _), zero in tied_inputs.items() if name == bias)
+        return scale_zero and bias_zero
 
 
 def batch_and_spatial(view: NodeView, tensor: str, axis: int, spatial_ok: bool):
@@ -26,7 +37,7 @@ def batch_and_spatial(view: NodeView, tensor: str, axis: int, spatial_ok: bool):
 
 
 @register("BatchNormalization")
-class BatchNormalization(Rule):
+class BatchNormalization(AffineNormalization):
     def links(self, view: NodeView, tensor: str, axis: int):
         x, y = view.inputs[0], view.outputs[0]
         channel_dims = [(x, 1), (y, 1)] + [(n, 0) for n in view.inputs[1:] + view.outputs[1:] if n]
@@ -36,7 +47,7 @@ class BatchNormalization(Rule):
 
 
 @register("InstanceNormalization")
-class InstanceNormalization(Rule):
+class InstanceNormalization(AffineNormalization):
     def links(self, view: NodeView, tensor: str, axis: int):
         x, y = view.inputs[0], view.outputs[0]
         channel_dims = [(x, 1), (y, 1)] + [(n, 0) for n in view.inputs[1:] if n]
@@ -46,7 +57,7 @@ class InstanceNormalization(Rule):
 
 
 @register("GroupNormalization")
-class GroupNormalization(Rule):
+class GroupNormalization(AffineNormalization):
     def channels_per_group(self, view: NodeView) -> int:
         return view.size(view.inputs[0], 1) // view.attr("num_groups")
 
@@ -69,7 +80,7 @@ class GroupNormalization(Rule):
 
 
 @register("LayerNormalization", "RMSNormalization")
-class LayerNormalization(Rule):
+class LayerNormalization(AffineNormalization):
     """X, Scale, [B] -> Y, [Mean, InvStdDev]; statistics over axes `axis`.. of X."""
 
     def links(self, view: NodeView, tensor: str, axis: int):
@@ -98,4 +109,7 @@ class LayerNormalization(Rule):
 class LpNormalization(Rule):
     def links(self, view: NodeView, tensor: str, axis: int):
         other = view.outputs[0] if tensor == view.inputs[0] else view.inputs[0]
-        return [same(other, axis, view.size(tensor, axis))]
+        verdicts = [same(other, axis, view.size(tensor, axis))]
+        if axis == normalize_axis(view.attr("axis", -1), view.rank(tensor)):
+            verdicts.append(Summed(f"LpNormalization '{view.name}' takes the norm over the pruned channels"))
+        return verdicts

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import Approximate, Block, Link, NodeView, Rule, normalize_axis, same, shifted
+from .base import Approximate, Block, Link, NodeView, Rule, Summed, normalize_axis, same, shifted
 
 POOLS = ("AveragePool", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "LpPool", "MaxPool")
 REDUCE_EXACT = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceSum", "ReduceSumSquare")
@@ -61,9 +61,12 @@ class Reduce(Reduction):
             return set() if view.attr("noop_with_empty_axes", 0) else set(range(rank))
         return {normalize_axis(a, rank) for a in axes}
 
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        return view.op_type not in ("ReduceLogSum", "ReduceLogSumExp") and super().zero_output(view, tensor, axis, tied_inputs)
+
     def on_reduced_axis(self, view: NodeView):
-        if view.op_type in REDUCE_EXACT:
-            return []  # the pruned channels simply stop contributing
+        if view.op_type in REDUCE_EXACT:  # the pruned channels stop contributing: exact if they were zero
+            return [Summed(f"{view.op_type} '{view.name}' sums over the pruned channels")]
         if view.op_type in REDUCE_APPROXIMATE:
             return [Approximate(f"{view.op_type} '{view.name}' averages over the pruned channels")]
         return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis")]
@@ -77,6 +80,9 @@ class ArgReduce(Reduction):
     def on_reduced_axis(self, view: NodeView):
         return [Block(f"{view.op_type} '{view.name}' returns positions along the pruned axis")]
 
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        return False
+
 
 @register("Softmax", "LogSoftmax", "Hardmax")
 class Softmax(Rule):
@@ -85,6 +91,9 @@ class Softmax(Rule):
         if axis == normalize_axis(view.attr("axis", -1), view.rank(x)):
             return [Block(f"{view.op_type} '{view.name}' normalizes over the pruned axis")]
         return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        return False  # a softmax over zeros is uniform, not zero
 
 
 @register("Resize")

@@ -117,31 +117,38 @@ def test_reduce_over_all_axes_by_default():
     assert_blocked(b.build(), "l1.W", 0, "'red'")
 
 
-def _sum_over_channels_after_sigmoid(reduction):
+def _sum_over_channels_after_sigmoid(reduction, activation="Sigmoid"):
     b = Builder(18)
     x = b.input((2, 5, 6))
-    q = b.op("Sigmoid", [b.linear(x, 8, name="l1")])
+    q = b.op(activation, [b.linear(x, 8, name="l1")])
     if reduction == "ReduceSum":
         y = b.op("ReduceSum", [q, b.const("axes", [-1])], keepdims=1)
     elif reduction == "LpNormalization":
         y = b.linear(b.op("LpNormalization", [q], axis=-1, p=2), 3, name="l2")
     else:  # an attention-like contraction: both factors are sigmoids of the pruned channels
-        k = b.op("Sigmoid", [b.linear(x, 8, name="k")])
+        k = b.op(activation, [b.linear(x, 8, name="k")])
         y = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 2, 1])])
     b.output(y)
     return b.build()
 
 
-@pytest.mark.xfail(reason="BUG: a sum over the pruned channels (ReduceSum, LpNormalization, a MatMul contraction) "
-                          "is treated as exact, but after a Sigmoid the removed channels are 0.5, not 0, so the "
-                          "pruned result differs from the zeroed one and the group is not flagged approximate",
-                   strict=True)
 @pytest.mark.parametrize("reduction", ["ReduceSum", "LpNormalization", "MatMul"])
-def test_sum_over_channels_after_a_non_zero_preserving_op(reduction):
+def test_sum_over_channels_after_a_non_zero_preserving_op_is_approximate(reduction):
+    """sigmoid(0) = 0.5: zeroed channels still add to the sum, so removing them is not exact."""
     model = _sum_over_channels_after_sigmoid(reduction)
     group = group_of(model, "l1.W", 1)
-    if group.prunable and not group.approximate:
-        check_prune(model)
+    assert group.prunable and group.approximate
+    assert any("not zero there" in r for r in group.approximate)
+    pruned, report = spa.prune(model, ratio=0.5)
+    assert report.approximate and init_shape(pruned, "l1.W")[1] == 4
+
+
+@pytest.mark.parametrize("reduction", ["ReduceSum", "LpNormalization", "MatMul"])
+def test_sum_over_channels_after_relu_is_exact(reduction):
+    model = _sum_over_channels_after_sigmoid(reduction, activation="Relu")
+    group = group_of(model, "l1.W", 1)
+    assert group.prunable and not group.approximate
+    check_prune(model)
 
 
 @pytest.mark.parametrize("op_type", ["ArgMax", "ArgMin"])
