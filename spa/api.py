@@ -76,11 +76,13 @@ def prune(model, ratio: float = 0.0, criterion: str = "l1", scope: str = "local"
     return apply(analysis, chosen, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, check=check)
 
 
-def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True, **settings) -> tuple[onnx.ModelProto, Report]:
-    """Remove the chosen units (group id -> unit positions) and report."""
+def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
+          new_values: dict[str, np.ndarray] | None = None, **settings) -> tuple[onnx.ModelProto, Report]:
+    """Remove the chosen units (group id -> unit positions) and report. `new_values` (parameter
+    name -> array in its original shape) replaces parameters first (compensated weights)."""
     graph = analysis.graph
     removed = removed_slices(analysis, chosen)
-    pruned = rewrite(graph, removed, analysis.carrier)
+    pruned = rewrite(graph, removed, analysis.carrier, new_values)
     if check:
         validate(pruned, graph.model)
     after = Graph(pruned)

@@ -86,10 +86,15 @@ class Edit:
         node.input[position] = output
 
 
-def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer") -> onnx.ModelProto:
-    """A new model with `removed` indices gone from every listed (tensor, axis)."""
+def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer",
+            new_values: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """A new model with `removed` indices gone from every listed (tensor, axis).
+
+    `new_values` (parameter name -> array in the original shape) replaces parameters before they
+    are cut: how a criterion that compensates kept weights (OBSPA) hands over its updates.
+    """
     edit = Edit(graph, removed, carrier)
-    _prune_params(graph, edit)
+    _prune_params(graph, edit, new_values or {})
     touched = {graph.tensors[t].producer for t, _ in edit.removed} | {
         c for t, _ in edit.removed for c in graph.tensors[t].consumers
     }
@@ -104,13 +109,18 @@ def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: s
     return _assemble(graph, edit)
 
 
-def _prune_params(graph: Graph, edit: Edit):
-    by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
+def _prune_params(graph: Graph, edit: Edit, new_values: dict[str, np.ndarray]):
+    by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in new_values}
     for (tensor, axis), indices in edit.removed.items():
         if graph.is_param(tensor):
             by_tensor.setdefault(tensor, []).append((axis, indices))
     for tensor, cuts in by_tensor.items():
-        value = graph.value(tensor)
+        if not graph.is_param(tensor):
+            raise SpaError(f"cannot set '{tensor}': it is not a parameter of the model")
+        value = new_values.get(tensor, graph.value(tensor))
+        if value.shape != graph.value(tensor).shape:
+            raise SpaError(f"the new value of '{tensor}' has shape {value.shape}, not {graph.value(tensor).shape}")
+        value = value.astype(graph.value(tensor).dtype, copy=False)
         for axis, indices in cuts:  # indices refer to the original positions on each axis
             value = np.delete(value, indices, axis=axis)
         new = numpy_helper.from_array(value, tensor)
