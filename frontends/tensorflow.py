@@ -1,9 +1,11 @@
 """TensorFlow front end: export Keras 3 models and SavedModels to ONNX with tf2onnx.
 
-The exported graph takes NHWC float32 input named ``input`` (batch dim symbolic by default);
-tf2onnx inserts a Transpose to NCHW before the first Conv and folds BatchNormalization into the
-Conv before it. Since TensorFlow 2.16, ``tf.keras`` is Keras 3, so ``tf.keras`` models go through
-the same path.
+The exported graph takes NHWC float32 input named ``input`` (batch dim symbolic, ``batch``, by
+default) and a single output is named ``output``. tf2onnx inserts a Transpose to NCHW before the
+first Conv and keeps NCHW from there; it folds a BatchNormalization into the Conv before it when
+that Conv is not grouped and has no bias, and writes it as Mul + Add with [1, C, 1, 1]
+constants otherwise.
+Since TensorFlow 2.16, ``tf.keras`` is Keras 3, so ``tf.keras`` models go through the same path.
 
 Two gaps of tf2onnx 1.17 with Keras 3 are bridged here:
 
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["export_keras", "export_saved_model"]
 
@@ -50,8 +53,11 @@ def export_keras(model: Any, path: str | os.PathLike, input_shape: Sequence[int 
         raise ValueError(f"export_keras needs the TensorFlow Keras backend, not {keras.backend.backend()!r}")
     shape = _export_shape(model, input_shape, dynamic_batch)
     inputs = keras.Input(batch_shape=shape, name="input")
+    outputs = model(inputs)
+    if isinstance(outputs, keras.KerasTensor):  # one output, not a list or dict of them
+        outputs = keras.layers.Identity(name="output")(outputs)  # names the ONNX output "output"
     # tf2onnx maps outputs through Keras' output names, which only a functional model has right.
-    functional = keras.Model(inputs, model(inputs), name=model.name)
+    functional = keras.Model(inputs, outputs)
     signature = (tf.TensorSpec(shape, tf.float32, name="input"),)
     with _grouped_convs_without_xla():
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=opset,
@@ -77,7 +83,7 @@ def export_saved_model(saved_model_dir: str | os.PathLike, path: str | os.PathLi
 
     @tf.function(input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names])
     def call(*args):
-        return serving(**dict(zip(names, args)))
+        return serving(**dict(zip(names, args, strict=True)))
 
     proto, _ = tf2onnx.convert.from_function(call, input_signature=call.input_signature, opset=opset,
                                              custom_op_handlers=_CUSTOM_OP_HANDLERS)

@@ -10,8 +10,8 @@ Importing this module imports Keras (and so TensorFlow): it needs the 'tf' extra
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 import numpy as np
@@ -52,13 +52,18 @@ def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
     """Draw normalization scales/shifts, BatchNorm moving statistics and biases at random.
 
     gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1), moving_mean ~ N(0, 0.1),
-    moving_variance ~ U(0.5, 1.5), bias ~ N(0, 0.05). Kernels keep Keras' seeded initializers.
+    moving_variance ~ U(0.5, 1.5), bias ~ N(0, 0.05); ConvNeXt layer scales ~ U(0.5, 1.5).
+    Kernels keep Keras' seeded initializers.
     """
     rng = np.random.default_rng(seed)
     for variable in model.variables:
         draw = _DRAWS.get(variable.name)
         if draw is not None:
             variable.assign(draw(rng, tuple(variable.shape)).astype(variable.dtype))
+    for layer in model.layers:
+        # ConvNeXt's LayerScale (an unnamed weight) starts at 1e-6, muting every residual branch.
+        if type(layer).__name__ == "LayerScale":
+            layer.gamma.assign(_DRAWS["gamma"](rng, tuple(layer.gamma.shape)).astype(layer.gamma.dtype))
     return model
 
 

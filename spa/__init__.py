@@ -5,5 +5,14 @@ from .graph import Graph
 from .groups import Analysis, Group, analyze
 from .io import save_model as save
 
-__all__ = ["Analysis", "Graph", "Group", "Report", "SpaError", "analyze", "apply", "prune", "save"]
+__all__ = ["Analysis", "Graph", "Group", "Report", "SpaError", "analyze", "apply", "prune", "save", "to_torch", "write_back"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`spa.to_torch` and `spa.write_back` import torch (seconds) only when first used."""
+    if name in ("to_torch", "write_back"):
+        from . import torch_bridge
+
+        return getattr(torch_bridge, name)
+    raise AttributeError(f"module 'spa' has no attribute {name!r}")

@@ -54,6 +54,8 @@ def test_zoo_export_matches_keras(name, tmp_path):
 
     proto = onnx.load(path)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["output"]
     for batch in (entry.input_shape[0], OTHER_BATCH):
         x = _random_input((batch, *entry.input_shape[1:]), seed=batch)
         _assert_close(_onnx_output(path, x), _keras_output(model, x))
