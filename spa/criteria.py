@@ -1,19 +1,53 @@
-"""Importance criteria: a score for every channel (unit) of every group.
+"""Importance criteria: a score for every channel (unit) of every group, higher = more important.
 
-A per-weight criterion scores each parameter element (|w| for L1, w^2 for L2). A group criterion
-follows from it: for each parameter member of the group, the element scores are averaged over the
-slice that one channel owns (so a 3x3 conv filter and a bias entry weigh alike), and the members'
-averages are summed over the group. Criteria that need data or gradients build on the same
-aggregation (spa.criteria_grad).
+Every criterion is a per-weight score, and every one is turned into a group score the same way:
+
+1. element scores: one per element of each parameter member of the group (|w| for L1, |w * g| for
+   SNIP, ...), from the weights and, for data-driven criteria, gradient statistics
+   (spa.gradients: computed in PyTorch on the model from to_torch, mapped back to the ONNX names);
+2. per member: each unit's mean element score over the slice it owns on that member (a 3x3 filter
+   and a bias entry weigh alike), then the criterion's unit transform (L2: square root, so the
+   slice's RMS; Taylor: absolute value of the mean of w * g);
+3. over members: `sum` (default), `mean`, `max` or `prod`;
+4. normalization within the group: `none`, `size` (divided by the group's channel count), `max`
+   (by the group's largest |score|), or `mean` (default: by the group's mean |score|).
+
+Normalization never changes the order of units inside a group; it decides how groups compare when
+units are ranked across groups (global scope, FLOPs and parameter targets). `mean` makes every
+group's scores average 1, so a unit is pruned for being weak relative to its own layer.
+
+The criteria (see CRITERIA): weights only: l1, l2, bn_scale, lamp, random; from calibration data
+with labels: taylor, snip, obd, grasp, crop (see the Criterion entries for the references).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import SpaError
 from .groups import Analysis, Group, Member
+
+NORMALIZATION_OPS = {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
+AGGREGATIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "prod": np.prod}
+NORMALIZATIONS = ("none", "size", "max", "mean")
+DEFAULT_AGGREGATION = "sum"
+DEFAULT_NORMALIZATION = "mean"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A per-weight score and what it needs."""
+
+    name: str
+    summary: str
+    element: Callable[[np.ndarray, dict], np.ndarray] | None  # (weight, its statistics) -> per-weight score
+    needs: tuple[str, ...] = ()  # gradient statistics it reads (spa.gradients.STATISTICS)
+    unit: Callable[[np.ndarray], np.ndarray] = lambda x: x  # on each member's per-unit mean
+    temperature: float = 1.0  # the loss's logits are divided by it
+    members: Callable[[Group, object], list[Member]] | None = None  # which members it reads (default: all weights)
 
 
 def scored_members(group: Group, graph) -> list[Member]:
@@ -33,6 +67,20 @@ def _is_running_statistic(graph, tensor: str) -> bool:
     return bool(uses) and all(node.op_type == "BatchNormalization" and pos >= 3 for node, pos in uses)
 
 
+def normalization_scales(group: Group, graph) -> list[Member]:
+    """The group's members that are the scale (gamma) of a normalization."""
+    def is_scale(tensor):
+        return any(graph.nodes[i].op_type in NORMALIZATION_OPS and list(graph.nodes[i].input)[1:2] == [tensor]
+                   for i in graph.tensors[tensor].consumers)
+
+    return [m for m in scored_members(group, graph) if is_scale(m.tensor)]
+
+
+def _scales_or_weights(group: Group, graph) -> list[Member]:
+    """BN-scale reads |gamma|; a group without a normalization falls back to the L1 of its weights."""
+    return normalization_scales(group, graph) or scored_members(group, graph)
+
+
 def member_unit_scores(member: Member, element_scores: np.ndarray) -> np.ndarray:
     """Per unit: the mean element score over the slices the unit owns on this member."""
     other_axes = tuple(a for a in range(element_scores.ndim) if a != member.axis)
@@ -43,40 +91,125 @@ def member_unit_scores(member: Member, element_scores: np.ndarray) -> np.ndarray
     return np.add.reduceat(per_index[member.indices], member.offsets[:-1]) / counts
 
 
-def aggregate_scores(group: Group, graph, element_score: Callable[[str, np.ndarray], np.ndarray]) -> np.ndarray:
-    members = scored_members(group, graph)
+def lamp(w: np.ndarray) -> np.ndarray:
+    """LAMP (Lee et al., ICLR 2021): w^2 over the sum of w^2 of the weights of the same tensor that
+    are at least as large; comparable across layers by construction."""
+    squares = np.square(w, dtype=np.float64).ravel()
+    order = np.argsort(squares, kind="stable")
+    at_least = np.cumsum(squares[order][::-1])[::-1]
+    scores = np.empty_like(squares)
+    scores[order] = squares[order] / np.maximum(at_least, np.finfo(np.float64).tiny)
+    return scores.reshape(w.shape)
+
+
+CRITERIA: dict[str, Criterion] = {c.name: c for c in (
+    Criterion("l1", "mean |w| of each channel's slices", lambda w, s: np.abs(w)),
+    Criterion("l2", "RMS of each channel's slices", np.square, unit=np.sqrt),
+    Criterion("bn_scale", "|gamma| of the normalizations in the group (Network Slimming, Liu et al. 2017); "
+              "L1 for groups without one", lambda w, s: np.abs(w), members=_scales_or_weights),
+    Criterion("lamp", "layer-adaptive magnitude score w^2 / sum of larger w^2 (Lee et al. 2021)", lambda w, s: lamp(w)),
+    Criterion("random", "uniform random scores (a baseline)", None),
+    # First-order Taylor (Molchanov et al., CVPR 2019): the loss change when a unit's slice is zeroed,
+    # |sum of w * dL/dw| over the slice (here its mean, per member).
+    Criterion("taylor", "|w . dL/dw| over each channel's slice (Molchanov et al. 2019)",
+              lambda w, s: w * s["grad"], needs=("grad",), unit=np.abs),
+    # SNIP (Lee et al., ICLR 2019): connection sensitivity |dL/dc| = |w * dL/dw| of each weight.
+    Criterion("snip", "connection sensitivity |w * dL/dw| (Lee et al. 2019)",
+              lambda w, s: np.abs(w * s["grad"]), needs=("grad",)),
+    # OBD (LeCun et al. 1990): loss increase 1/2 H_ii w_i^2, H_ii from the empirical Fisher.
+    Criterion("obd", "1/2 w^2 * Fisher diagonal (Optimal Brain Damage)",
+              lambda w, s: 0.5 * np.square(w) * s["fisher"], needs=("fisher",)),
+    # GraSP (Wang et al., ICLR 2020) scores S = -w * Hg and removes the largest S (the weights whose
+    # removal reduces gradient flow least); importance is therefore w * Hg. Logits at temperature
+    # 200, as in the authors' code.
+    Criterion("grasp", "gradient signal preservation w * Hg (Wang et al. 2020)",
+              lambda w, s: w * s["hessian_grad"], needs=("hessian_grad",), temperature=200.0),
+    # CroP, the criterion of EarlyCroP (Rachwan et al., "Winning the Lottery Ahead of Time: Efficient
+    # Early Network Pruning", ICML 2022): preserve gradient flow in either direction, S = |w * Hg|
+    # (their CroP.get_weight_saliencies: |theta * grad| after backpropagating z = sum(g_w * g_f),
+    # with g_w the gradient over the data and no temperature).
+    Criterion("crop", "gradient flow preservation |w * Hg| (EarlyCroP, Rachwan et al. 2022)",
+              lambda w, s: np.abs(w * s["hessian_grad"]), needs=("hessian_grad",)),
+)}
+
+
+def needs_data(criterion: str) -> bool:
+    return bool(get_criterion(criterion).needs)
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise SpaError(f"unknown criterion '{name}' (choose from {', '.join(CRITERIA)})")
+    return CRITERIA[name]
+
+
+def check_scoring(criterion: str, aggregate: str, normalize: str) -> Criterion:
+    """The criterion, once its name and the aggregation and normalization are known to be valid."""
+    if aggregate not in AGGREGATIONS:
+        raise SpaError(f"unknown aggregation '{aggregate}' (choose from {', '.join(AGGREGATIONS)})")
+    if normalize not in NORMALIZATIONS:
+        raise SpaError(f"unknown normalization '{normalize}' (choose from {', '.join(NORMALIZATIONS)})")
+    return get_criterion(criterion)
+
+
+def group_scores(group: Group, graph, criterion: Criterion, stats: dict[str, dict[str, np.ndarray]],
+                 aggregate: str = DEFAULT_AGGREGATION, normalize: str = DEFAULT_NORMALIZATION) -> np.ndarray:
+    """A group's per-unit scores from per-weight element scores (steps 1 to 4 of the module doc).
+    `stats`: statistic -> {parameter name -> array in ONNX layout}; missing arrays count as zeros."""
+    members = (criterion.members or scored_members)(group, graph)
     if not members:
         return np.zeros(group.units)
-    return np.sum([member_unit_scores(m, element_score(m.tensor, graph.value(m.tensor))) for m in members], axis=0)
+    per_member = []
+    for m in members:
+        w = graph.value(m.tensor).astype(np.float64)
+        tensor_stats = {k: np.asarray(stats[k].get(m.tensor, np.zeros(w.shape)), dtype=np.float64) for k in criterion.needs}
+        per_member.append(criterion.unit(member_unit_scores(m, criterion.element(w, tensor_stats))))
+    return normalized(AGGREGATIONS[aggregate](np.stack(per_member), axis=0), normalize, group.units)
 
 
-def l1(analysis: Analysis, group: Group, context) -> np.ndarray:
-    return aggregate_scores(group, analysis.graph, lambda _, w: np.abs(w, dtype=np.float32))
+def normalized(scores: np.ndarray, how: str, units: int) -> np.ndarray:
+    if how == "none":
+        return scores
+    if how == "size":
+        return scores / units
+    scale = np.max(np.abs(scores)) if how == "max" else np.mean(np.abs(scores))
+    return scores / scale if scale > 0 else scores
 
 
-def l2(analysis: Analysis, group: Group, context) -> np.ndarray:
-    """The root mean square of each channel's slices, summed over the group's members."""
-    members = scored_members(group, analysis.graph)
-    return np.sum([np.sqrt(member_unit_scores(m, np.square(analysis.graph.value(m.tensor), dtype=np.float32)))
-                   for m in members], axis=0) if members else np.zeros(group.units)
+def score_groups(analysis: Analysis, criterion: str, seed: int = 0, groups=None, aggregate: str = DEFAULT_AGGREGATION,
+                 normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = 64,
+                 progress: bool = False) -> dict[int, np.ndarray]:
+    """Scores per unit for each prunable group (or the given groups): higher means more important.
+
+    `calib` (an .npz path, a dict of arrays or a spa.calib.Calibration) feeds the criteria that
+    need data; they refuse to run without it, and without labels unless `pseudo_labels` (the
+    model's own predictions stand in for labels)."""
+    crit = check_scoring(criterion, aggregate, normalize)
+    groups = list(groups if groups is not None else analysis.prunable)
+    graph = analysis.graph
+    stats = _statistics(crit, graph, calib, pseudo_labels, batch_size, progress) if crit.needs else {}
+    if crit.members is not None and groups and not any(normalization_scales(g, graph) for g in groups):
+        raise SpaError(f"criterion '{crit.name}' found no normalization scale in any prunable group (BatchNorm folded "
+                       "into the convolutions at export? export with BatchNorm kept, e.g. `spa export --training`)")
+    rng = np.random.default_rng(seed)
+    scores = {}
+    for g in tqdm(groups, desc=f"scoring ({crit.name})", unit="group", disable=not progress, leave=False):
+        if crit.element is None:  # random: one draw per unit, not per weight
+            scores[g.id] = normalized(rng.random(g.units), normalize, g.units)
+        else:
+            scores[g.id] = group_scores(g, graph, crit, stats, aggregate, normalize)
+    return scores
 
 
-def random_scores(analysis: Analysis, group: Group, context) -> np.ndarray:
-    return context["rng"].random(group.units)
+def _statistics(crit: Criterion, graph, calib, pseudo_labels: bool, batch_size: int, progress: bool):
+    from .calib import load_calibration
+    from .gradients import gradient_statistics
 
-
-CRITERIA: dict[str, Callable] = {
-    "l1": l1,
-    "l2": l2,
-    "random": random_scores,
-}
-
-
-def score_groups(analysis: Analysis, criterion: str, seed: int = 0, groups=None) -> dict[int, np.ndarray]:
-    """Scores per unit for each prunable group (or the given groups): higher means more important."""
-    if criterion not in CRITERIA:
-        raise SpaError(f"unknown criterion '{criterion}' (choose from {', '.join(sorted(CRITERIA))})")
-    score = CRITERIA[criterion]
-    context = {"rng": np.random.default_rng(seed)}
-    return {g.id: np.asarray(score(analysis, g, context), dtype=np.float64)
-            for g in (groups if groups is not None else analysis.prunable)}
+    if calib is None:
+        raise SpaError(f"criterion '{crit.name}' needs calibration data: give --calib FILE.npz "
+                       "(arrays keyed by the model's input names, and 'labels')")
+    calibration = load_calibration(calib, graph.model)
+    if calibration.labels is None and not pseudo_labels:
+        raise SpaError(f"criterion '{crit.name}' needs labels: add a 'labels' array to the calibration data, "
+                       "or pass --pseudo-labels to use the model's own predictions as labels")
+    return gradient_statistics(graph, calibration, crit.needs, crit.temperature, pseudo_labels, batch_size, progress)

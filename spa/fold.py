@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from .protos import outer_scope_names
+from .symbols import Product, product
 
 # Only small tensors are folded: shape vectors, indices, scalars.
 MAX_ELEMENTS = 4096
@@ -110,6 +111,8 @@ class _Partial:
             self.set(node.output[0], result, dtype)
         elif op in _ELEMENTWISE or op == "Where":
             self._elementwise(op, node, data)
+        elif op == "ReduceProd" and data[0].ndim == 1 and all(e is not None for e in data[0]):
+            self._symbolic_product(node, data[0], attrs)
         elif op not in _RANDOM and node.domain in ("", "ai.onnx"):
             full = [self.full(n) if n else None for n in ins]
             if all(f is not None for n, f in zip(ins, full) if n):
@@ -153,10 +156,27 @@ class _Partial:
         shape = [x.shape[i] if v == 0 and not attrs.get("allowzero", 0) else int(v) for i, v in enumerate(shape)]
         return x.reshape(shape)
 
+    def _symbolic_product(self, node, data, attrs):
+        """The product of a shape's entries, some known only by name (batch * 4)."""
+        total = product(data)
+        value = None if total is None else (Symbol(total.dim) if isinstance(total.dim, str) else total.dim)
+        self.set(node.output[0], _objects([value] if attrs.get("keepdims", 1) else value), self.dtypes[node.input[0]])
+
     def _elementwise(self, op, node, data):
         arrays = np.broadcast_arrays(*data)
         known = np.logical_and.reduce([np.vectorize(is_known, otypes=[bool])(a) for a in arrays])
         out = np.full(arrays[0].shape, None, dtype=object)
+        if op in ("Mul", "Div"):  # sizes known by name multiply and divide as products
+            for index in np.ndindex(arrays[0].shape):
+                entries = [Product.of(a[index]) for a in arrays]
+                if known[index]:
+                    continue
+                if None not in entries:
+                    try:
+                        result = entries[0] * entries[1] if op == "Mul" else entries[0] / entries[1]
+                    except ValueError:
+                        continue
+                    out[index] = Symbol(result.dim) if isinstance(result.dim, str) else result.dim
         dtypes = [self.dtypes[n] for n in node.input]
         if known.any():
             args = [a[known].astype(d) for a, d in zip(arrays, dtypes)]
@@ -248,3 +268,44 @@ def _live_nodes(nodes: list, outputs: set[str]) -> list:
         if len(kept) == len(nodes):
             return kept
         nodes = kept
+
+
+def reshape_shapes(model: onnx.ModelProto, shapes: dict, partial: dict[str, np.ndarray],
+                   small_params: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """Output shapes of Reshapes that shape inference left open but the partial values settle.
+
+    Shape inference gives up on `[4*batch, -1, 8]` for a (batch, 4, 64, 1, 8) tensor; treating
+    sizes as products of named symbols gives (4*batch, 64, 8).
+    """
+    settled = {}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+            continue
+        out = node.output[0]
+        old, elem_type = shapes.get(out, (None, 0))
+        if old is not None and all(_named(d) for d in old):
+            continue
+        x_shape = shapes.get(node.input[0], (None, 0))[0]
+        target = partial.get(node.input[1])
+        if target is None and node.input[1] in small_params:
+            target = _objects(small_params[node.input[1]])
+        if x_shape is None or target is None or target.ndim != 1:
+            continue
+        zero_copies = not _attrs(node).get("allowzero", 0)
+        dims = [x_shape[i] if zero_copies and is_known(e) and int(e) == 0 and i < len(x_shape) else
+                (int(e) if is_known(e) else e) for i, e in enumerate(target)]
+        if dims.count(-1) == 1 and None not in dims:
+            total, known = product(x_shape), product(d for d in dims if d != -1)
+            if total is None or known is None or not known.divides(total):
+                continue
+            dims[dims.index(-1)] = (total / known).dim
+        if all(_named(d) for d in dims):
+            settled[out] = (tuple(str(d) if isinstance(d, Symbol) else d for d in dims),
+                            elem_type or shapes.get(node.input[0], (None, 0))[1])
+    return settled
+
+
+def _named(dim) -> bool:
+    """A size that is a number or a stable name (not one shape inference made up)."""
+    return (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0) or (
+        isinstance(dim, str) and not dim.startswith("unk__") and "_o0__d" not in dim)

@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from .errors import SpaError
-from .fold import MAX_ELEMENTS, fold_shapes
+from .fold import MAX_ELEMENTS, fold_shapes, reshape_shapes
 from .protos import constant_node_value, outer_scope_names
 
 SUPPORTED_OPSETS = range(13, 24)
@@ -49,12 +49,18 @@ class Graph:
     def __init__(self, model: onnx.ModelProto, base_dir: str | None = None):
         # Folding shape arithmetic and solving reshapes make more shapes static, which can make more
         # arithmetic foldable: repeat until nothing changes.
+        hints: dict[str, tuple] = {}
         for _ in range(8):
-            shapes = _infer_shapes(model)
-            folded, known = fold_shapes(model, shapes, _small_constants(model))
-            if folded is None:
+            shapes = _infer_shapes(model, hints)
+            small = _small_constants(model)
+            folded, known = fold_shapes(model, shapes, small)
+            if folded is not None:
+                model = folded
+                continue
+            settled = reshape_shapes(model, shapes, known, small)
+            if all(hints.get(k) == v for k, v in settled.items()):
                 break
-            model = folded
+            hints.update(settled)
         self.model = model
         # Shape vectors that stay computed at run time, with the entries known ahead (None elsewhere).
         self.partial_values: dict[str, np.ndarray] = known
@@ -290,14 +296,17 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple | None, int]]:
+def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str, tuple[tuple | None, int]]:
     """name -> (shape, elem_type) for every tensor shape inference can type.
 
     ONNX's own inference knows every standard operator; onnxruntime's symbolic inference keeps
     symbolic sizes through arithmetic (a -1 next to a symbolic batch, a batch carried through
     Concat and Expand) where ONNX's gives up. Each tensor takes the more informative answer.
+    `hints` (name -> (shape, elem_type)) are shapes SPA settled itself; inference builds on them.
     """
     skeleton = _skeleton(model)
+    for name, (shape, elem_type) in (hints or {}).items():
+        skeleton.graph.value_info.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
     shapes = _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
     produced = [o for node in model.graph.node for o in node.output if o]
     settled = all(_fully_known(shapes.get(name, (None, 0))[0]) for name in produced)
@@ -306,6 +315,7 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple | None, int]]
     for name, (shape, elem_type) in symbolic.items():
         if name not in shapes or _information(shape) > _information(shapes[name][0]):
             shapes[name] = (shape, elem_type or shapes.get(name, (None, 0))[1])
+    shapes.update(hints or {})
     for t in model.graph.initializer:
         shapes[t.name] = (tuple(int(d) for d in t.dims), t.data_type)
     for node in model.graph.node:

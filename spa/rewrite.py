@@ -73,17 +73,21 @@ class Edit:
         """Point an input of the node at a new constant (never changes a tensor others may share)."""
         node = self.nodes[node_index]
         hint = node.input[position] if position < len(node.input) and node.input[position] else f"{node.name or node.op_type}_in{position}"
-        name = self.add_constant(value, hint)
+        self.set_input(node_index, position, self.add_constant(value, hint))
+
+    def set_input(self, node_index: int, position: int, name: str):
+        node = self.nodes[node_index]
         while len(node.input) <= position:
             node.input.append("")
         node.input[position] = name
 
-    def replace_input_with_node(self, node_index: int, position: int, op_type: str, inputs: list[str], **attrs):
-        node = self.nodes[node_index]
-        output = self.unique_name(node.input[position])
-        new = helper.make_node(op_type, inputs, [output], name=self.unique_name(f"{node.name or op_type}_{op_type}"), **attrs)
-        self.inserted.setdefault(node_index, []).append(new)
-        node.input[position] = output
+    def add_node(self, before: int, op_type: str, inputs: list[str], **attrs) -> str:
+        """A new node placed just before node `before`; returns its output's name."""
+        anchor = self.nodes[before]
+        output = self.unique_name(f"{anchor.name or anchor.op_type}_{op_type}")
+        new = helper.make_node(op_type, inputs, [output], name=self.unique_name(f"{anchor.name or op_type}_{op_type}"), **attrs)
+        self.inserted.setdefault(before, []).append(new)
+        return output
 
 
 def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer",

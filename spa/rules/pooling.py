@@ -19,13 +19,26 @@ REDUCE_BLOCKED = ("ReduceLogSumExp", "ReduceMax", "ReduceMin", "ReduceProd")
 
 @register(*POOLS)
 class Pool(Rule):
+    """Batch and channel axes pass through; a window slides over the others. A global pool
+    reduces every axis from 2 on: on a 3-D tensor (N, T, C) that includes the channels C, so it
+    acts as a reduction over them (Keras writes LayerNorm's mean this way)."""
+
     def links(self, view: NodeView, tensor: str, axis: int):
         x, y = view.inputs[0], view.outputs[0]
         if axis >= 2:
+            if view.op_type.startswith("Global") and tensor == x:
+                return self.on_reduced_axis(view)
             return [Block(f"{view.op_type} '{view.name}' slides over axis {axis}")]
         if axis == 1 and len(view.outputs) > 1 and view.outputs[1]:
             return [Block(f"the indices output of {view.op_type} '{view.name}' count over channels")]
         return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+
+    def on_reduced_axis(self, view: NodeView):
+        if view.op_type == "GlobalAveragePool":
+            return [Approximate(f"GlobalAveragePool '{view.name}' averages over the pruned channels")]
+        if view.op_type == "GlobalLpPool":
+            return [Summed(f"GlobalLpPool '{view.name}' takes the norm over the pruned channels")]
+        return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis")]
 
 
 class Reduction(Rule):

@@ -14,10 +14,15 @@ Reshape) is thereby mapped exactly: each step is one of these cases.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
+import onnx
+from onnx import helper
 
 from . import register
 from ..fold import is_known
+from ..symbols import Product
 from .base import Block, Link, NodeView, Rule, Unknown, normalize_axis, positions, same, shifted
 
 CARRIERS = ("outer", "inner")
@@ -32,63 +37,85 @@ def _strides(sizes: list[int]) -> list[int]:
     return strides[::-1]
 
 
+def reshape_segments(a, b) -> list[tuple[list[int], list[int]]]:
+    """The minimal runs of axes of `a` and `b` that hold the same elements in a row-major reshape:
+    (a axes, b axes) pairs whose sizes multiply to the same product. Sizes may be symbolic
+    ("64*batch"); size-1 axes belong to no run. Raises Unknown when the shapes do not factor."""
+    sizes_a = [(i, Product.of(d)) for i, d in enumerate(a)]
+    sizes_b = [(i, Product.of(d)) for i, d in enumerate(b)]
+    if any(p is None for _, p in sizes_a + sizes_b):
+        raise Unknown("the reshape involves dims of unknown size")
+    one = Product(1)
+    sizes_a = [(i, p) for i, p in sizes_a if p != one]
+    sizes_b = [(i, p) for i, p in sizes_b if p != one]
+    runs, i, j = [], 0, 0
+    while i < len(sizes_a) and j < len(sizes_b):
+        run_a, run_b = [sizes_a[i][0]], [sizes_b[j][0]]
+        total_a, total_b = sizes_a[i][1], sizes_b[j][1]
+        i, j = i + 1, j + 1
+        while total_a != total_b:  # grow the smaller side until both hold the same elements
+            if _smaller(total_a, total_b) and i < len(sizes_a):
+                run_a.append(sizes_a[i][0])
+                total_a, i = total_a * sizes_a[i][1], i + 1
+            elif _smaller(total_b, total_a) and j < len(sizes_b):
+                run_b.append(sizes_b[j][0])
+                total_b, j = total_b * sizes_b[j][1], j + 1
+            else:
+                raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+        runs.append((run_a, run_b))
+    if i < len(sizes_a) or j < len(sizes_b):
+        raise Unknown("the reshape's input and output sizes disagree")
+    return runs
+
+
+def _smaller(a: Product, b: Product) -> bool:
+    """a holds fewer elements than b for every value of the symbols."""
+    common = Counter(a.symbols) & Counter(b.symbols)
+    if common != Counter(a.symbols):
+        return False  # a has a symbol b lacks: not comparable
+    return a.coefficient < b.coefficient or Counter(b.symbols) != common
+
+
 def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False):
     """(other_axis, src, dst) tying the live axis to the other side of a row-major reshape.
 
     When the live axis splits into several digits, one already live on the other side is taken
     (a shuffle seen from its far end), otherwise the carrier policy chooses. Returns [] when the
     live axis has no partner (it is size 1), and raises Unknown when the live axis lies among dims
-    that are symbolic or whose digits straddle each other.
+    of unknown size or whose digits straddle each other.
     """
     live, other = (list(in_shape), list(out_shape)) if live_is_input else (list(out_shape), list(in_shape))
-    # Equal leading and trailing dims map one to one, whatever they are (symbolic batch included).
-    prefix = 0
-    while prefix < min(len(live), len(other)) and live[prefix] is not None and live[prefix] == other[prefix]:
-        prefix += 1
-    suffix = 0
-    while (suffix < min(len(live), len(other)) - prefix and live[-1 - suffix] is not None
-           and live[-1 - suffix] == other[-1 - suffix]):
-        suffix += 1
     size = live[axis]
-    if axis < prefix:
-        return [(axis, np.arange(size), np.arange(size))]
-    if axis >= len(live) - suffix:
-        other_axis = len(other) - (len(live) - axis)
-        return [(other_axis, np.arange(size), np.arange(size))]
-    live_mid, other_mid = live[prefix:len(live) - suffix], other[prefix:len(other) - suffix]
-    if not all(isinstance(d, int) for d in live_mid + other_mid):
-        raise Unknown("the reshape involves dims of unknown size")
-    if int(np.prod(live_mid)) != int(np.prod(other_mid)):
-        raise Unknown("the reshape's input and output sizes disagree")
     if size == 1:
         return []
-    live_stride = _strides(live_mid)[axis - prefix]
+    run = next(((la, lb) for la, lb in reshape_segments(live, other) if axis in la), None)
+    live_axes, other_axes = run
+    if len(live_axes) == len(other_axes) == 1:  # the same axis on both sides
+        return [(other_axes[0], np.arange(size), np.arange(size))]
+    live_sizes, other_sizes = [live[a] for a in live_axes], [other[a] for a in other_axes]
+    if not all(isinstance(d, int) for d in live_sizes + other_sizes):
+        raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+    live_stride = _strides(live_sizes)[live_axes.index(axis)]
     live_top = live_stride * size
     identical, containers, insides = [], [], []
-    for j, (s, n) in enumerate(zip(_strides(other_mid), other_mid)):
-        if n == 1:
-            continue
+    for j, s, n in zip(other_axes, _strides(other_sizes), other_sizes):
         if s == live_stride and n == size:
-            identical.append(j)
+            identical.append((j, s, n))
         elif s <= live_stride and live_top <= s * n and live_stride % s == 0:
-            containers.append(j)
+            containers.append((j, s, n))
         elif live_stride <= s and s * n <= live_top and s % live_stride == 0:
-            insides.append(j)
+            insides.append((j, s, n))
     live_idx = np.arange(size)
     if identical:
-        return [(prefix + identical[0], live_idx, live_idx)]
+        return [(identical[0][0], live_idx, live_idx)]
     if containers:  # the other axis merges the live one with others: tie each of its positions to its live digit
-        j = containers[0]
-        s, n = _strides(other_mid)[j], other_mid[j]
+        j, s, n = containers[0]
         positions_ = np.arange(n)
-        return [(prefix + j, (positions_ * s // live_stride) % size, positions_)]
+        return [(j, (positions_ * s // live_stride) % size, positions_)]
     if insides:  # the live axis splits into several digits: one of them carries the channels
-        live_insides = [k for k in insides if is_live(prefix + k)]
-        candidates = live_insides or insides
-        j = max(candidates, key=lambda k: _strides(other_mid)[k]) if carrier == "outer" else min(
-            candidates, key=lambda k: _strides(other_mid)[k])
-        s, n = _strides(other_mid)[j], other_mid[j]
-        return [(prefix + j, live_idx, (live_idx * live_stride // s) % n)]
+        candidates = [k for k in insides if is_live(k[0])] or insides
+        j, s, n = (max if carrier == "outer" else min)(candidates, key=lambda k: k[1])
+        return [(j, live_idx, (live_idx * live_stride // s) % n)]
     raise Unknown("the reshape mixes the pruned axis with others")
 
 
@@ -162,27 +189,41 @@ def check_shape_entry(view: NodeView, shape_input: int, out_axis: int, identity_
     raise Unknown(f"entry {out_axis} of the shape of {view.op_type} '{view.name}' is computed at run time")
 
 
+def _shape_concat(graph, name: str):
+    """The Concat that assembles a computed shape (looking through Cast and Identity), and the
+    Cast/Identity nodes passed on the way, outermost first; (None, []) if there is none."""
+    wrappers = []
+    producer = graph.tensors[name].producer
+    while producer is not None and graph.nodes[producer].op_type in ("Cast", "Identity"):
+        wrappers.append(graph.nodes[producer])
+        producer = graph.tensors[graph.nodes[producer].input[0]].producer
+    if producer is None or graph.nodes[producer].op_type != "Concat":
+        return None, []
+    return graph.nodes[producer], wrappers
+
+
+def _all_const(sources) -> bool:
+    return sources is not None and all(s is not None and s[0] == "const" for s in sources)
+
+
 def _rewritable(graph, name: str, position: int) -> bool:
     """Whether rewrite_shape_input can change this entry: the whole shape is known ahead, or it is
     a Concat whose piece holding the entry is."""
-    sources = shape_sources(graph, name)
-    if all(s is not None and s[0] == "const" for s in sources):
+    if _all_const(shape_sources(graph, name)):
         return True
-    producer = graph.tensors[name].producer
-    if producer is None or graph.nodes[producer].op_type != "Concat":
-        return False
+    concat, _ = _shape_concat(graph, name)
     offset = 0
-    for piece in graph.nodes[producer].input:
+    for piece in concat.input if concat is not None else []:
         piece_sources = shape_sources(graph, piece) or []
         if offset <= position < offset + len(piece_sources):
-            return all(s is not None and s[0] == "const" for s in piece_sources)
+            return _all_const(piece_sources)
         offset += len(piece_sources)
     return False
 
 
-def _with_entries(sources: list, new_entries: dict[int, int]) -> np.ndarray:
+def _with_entries(sources: list, new_entries: dict[int, int], dtype=np.int64) -> np.ndarray:
     """The constant entries of `sources`, with `new_entries` (position -> value) applied."""
-    values = np.array([s[1] for s in sources], dtype=np.int64)
+    values = np.array([s[1] for s in sources], dtype=dtype)
     for pos, v in new_entries.items():
         values[pos] = v
     return values
@@ -192,31 +233,37 @@ def rewrite_shape_input(view: NodeView, edit, shape_input: int, new_entries: dic
     """Give the node a shape input whose entries `new_entries` (position -> value) are replaced.
 
     A shape known in full becomes a new constant. A shape concatenated from pieces, some computed at
-    run time, gets a new Concat whose changed pieces are new constants. Shared tensors are never
-    modified in place.
+    run time, gets a new Concat (and the Casts that followed it) whose changed pieces are new
+    constants of the piece's type. Shared tensors are never modified in place.
     """
+    graph = view.graph
     name = view.input(shape_input)
-    sources = shape_sources(view.graph, name)
+    sources = shape_sources(graph, name)
     # Entries that read a size at run time, or are -1 or 0, follow the new sizes by themselves.
     new_entries = {p: v for p, v in new_entries.items() if sources[p] is not None and sources[p][0] == "const"
                    and sources[p][1] not in (-1, 0)}
     if not new_entries:
         return
-    if all(s is not None and s[0] == "const" for s in sources):
+    if _all_const(sources):
         edit.set_input_value(view.index, shape_input, _with_entries(sources, new_entries))
         return
-    concat = view.graph.nodes[view.graph.tensors[name].producer]
-    if concat.op_type != "Concat":
+    concat, wrappers = _shape_concat(graph, name)
+    if concat is None:
         raise Unknown(f"cannot rewrite the computed shape input of {view.op_type} '{view.name}'")
     pieces, offset = [], 0
     for piece in concat.input:
-        piece_sources = shape_sources(view.graph, piece)
+        piece_sources = shape_sources(graph, piece)
         touched = {p - offset: v for p, v in new_entries.items() if offset <= p < offset + len(piece_sources)}
         if touched:
-            piece = edit.add_constant(_with_entries(piece_sources, touched), hint=piece)
+            dtype = helper.tensor_dtype_to_np_dtype(graph.tensors[piece].dtype or onnx.TensorProto.INT64)
+            piece = edit.add_constant(_with_entries(piece_sources, touched, dtype), hint=piece)
         pieces.append(piece)
         offset += len(piece_sources)
-    edit.replace_input_with_node(view.index, shape_input, "Concat", pieces, axis=0)
+    output = edit.add_node(view.index, "Concat", pieces, axis=0)
+    for wrapper in reversed(wrappers):
+        output = edit.add_node(view.index, wrapper.op_type, [output],
+                               **{a.name: helper.get_attribute_value(a) for a in wrapper.attribute})
+    edit.set_input(view.index, shape_input, output)
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
