@@ -26,6 +26,20 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+# TensorFlow's C++ logging (CPU features, grappler) would bury the user's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def load_llvm_users_in_order():
+    """Import triton (torch's compiler) before TensorFlow. Both carry LLVM, and whichever registers
+    its options second aborts the process: with triton first, torch (spa.to_torch) can still be
+    used after TensorFlow in the same process."""
+    import importlib.util
+    import sys
+
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
 __all__ = ["export_keras", "export_saved_model"]
 
 _MISSING = "TensorFlow support needs the 'tf' extra: pip install -e '.[tf]'"
@@ -91,6 +105,7 @@ def export_saved_model(saved_model_dir: str | os.PathLike, path: str | os.PathLi
 
 
 def _import_tensorflow():
+    load_llvm_users_in_order()
     try:
         import tensorflow as tf
         import tf2onnx

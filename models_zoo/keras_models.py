@@ -13,7 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import keras
+from frontends.tensorflow import load_llvm_users_in_order
+
+load_llvm_users_in_order()
+
+import keras  # noqa: E402
 import numpy as np
 from keras import layers
 

@@ -8,12 +8,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .criteria import score_groups
+from .calib import load_calibration
+from .criteria import DEFAULT_AGGREGATION, DEFAULT_NORMALIZATION, check_scoring, needs_data, score_groups
+from .errors import SpaError
 from .graph import Graph
 from .groups import Analysis, analyze
+from .lineage import Lineage
 from .metrics import count_flops, count_params, file_size
 from .rewrite import rewrite, validate
-from .targets import check_ratio, select
+from .targets import Selection, Target, choose
 
 
 @dataclass
@@ -57,23 +60,58 @@ def removed_slices(analysis: Analysis, chosen: dict[int, np.ndarray]) -> dict[tu
     return {k: np.unique(np.concatenate(v)) for k, v in removed.items()}
 
 
-def prune(model, ratio: float = 0.0, criterion: str = "l1", scope: str = "local", round_to: int = 1,
+def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str | None = None, round_to: int = 1,
           keep=(), max_ratio: float = 0.9, carrier: str = "outer", seed: int = 0, exact: bool = False,
-          check: bool = True) -> tuple[onnx.ModelProto, Report]:
-    """Prune `ratio` of the channels of every prunable group (local) or of all channels (global).
+          check: bool = True, *, target_flops: float | None = None, target_params: float | None = None,
+          steps: int = 1, isomorphic: bool = False, aggregate: str = DEFAULT_AGGREGATION,
+          normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = 64,
+          progress: bool = False) -> tuple[onnx.ModelProto, Report]:
+    """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
+    and onnxruntime unless check=False) and a Report.
 
-    `model` is a path, a ModelProto or a Graph. With exact=True, groups whose removal changes a
-    normalization over them (LayerNorm over hidden channels) are left whole. Returns the pruned
-    ModelProto (already checked with onnx.checker, shape inference and onnxruntime unless
-    check=False) and a Report.
+    `model` is a path, a ModelProto or a Graph. What goes is one of:
+    - `ratio`: of the channels of every prunable group (scope "local", the default) or of all
+      channels ranked together (scope "global", no group losing more than `max_ratio`);
+    - `target_flops` / `target_params`: prune until FLOPs / parameters are that fraction of the
+      original (scope "global" by default; "local" prunes every group by the same ratio).
+    `steps` > 1 prunes in that many rounds toward it, re-analyzing and re-scoring the pruned model
+    between rounds. `isomorphic` ranks channels only against groups of the same structure.
+    Scores: `criterion` (spa.criteria.CRITERIA), aggregated over each group's members by
+    `aggregate` and normalized within the group by `normalize`; criteria that need data read
+    `calib` (an .npz path or a dict of arrays keyed by input name, and `labels`, or model
+    predictions as labels with `pseudo_labels`). With exact=True, groups whose removal changes a
+    normalization over them (LayerNorm over hidden channels) are left whole.
     """
-    check_ratio(ratio)
+    target = Target.from_options(ratio, target_flops, target_params)
+    if scope is None:
+        scope = "global" if target.kind != "ratio" or isomorphic else "local"
+    selection = Selection(target, scope, round_to, max_ratio, _whole_number(steps, "--steps"), isomorphic)
+    check_scoring(criterion, aggregate, normalize)
     graph = Graph.load(model)
-    analysis = analyze(graph, keep=keep, carrier=carrier)
-    groups = [g for g in analysis.prunable if not (exact and g.approximate)]
-    scores = score_groups(analysis, criterion, seed=seed, groups=groups)
-    chosen = select(scores, ratio, scope=scope, round_to=round_to, max_ratio=max_ratio)
-    return apply(analysis, chosen, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, check=check)
+    if calib is not None and needs_data(criterion):
+        calib = load_calibration(calib, graph.model)  # checked once, before any work
+    scoring = dict(criterion=criterion, seed=seed, aggregate=aggregate, normalize=normalize, calib=calib,
+                   pseudo_labels=pseudo_labels, batch_size=batch_size, progress=progress)
+    original = analyze(graph, keep=keep, carrier=carrier)
+    cost = {"flops": count_flops(graph), "params": count_params(graph)}
+    lineage = Lineage(original)
+    analysis = original
+    for step in range(1, selection.steps + 1):
+        groups = [g for g in analysis.prunable if not (exact and g.approximate)]
+        scores = score_groups(analysis, groups=groups, **scoring)
+        chosen = choose(analysis, scores, selection, step, lineage.original_units(analysis), cost)
+        removed = removed_slices(analysis, chosen)
+        lineage.record(removed, analysis.graph)
+        if step < selection.steps:
+            analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier), keep=keep, carrier=carrier)
+    return apply(original, lineage.removed_units(), check=check, criterion=criterion, ratio=target.value if
+                 target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
+
+
+def _whole_number(value, name: str) -> int:
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise SpaError(f"{name} must be a whole number, got {value}")
+    return int(value)
 
 
 def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,

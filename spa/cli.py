@@ -150,7 +150,29 @@ def zoo_frameworks() -> dict:
 
         return export_zoo(name, output, exporter=args.exporter, training=args.training)
 
-    return {"torch": (torch_zoo, torch_export)}
+    def keras_zoo():
+        from models_zoo.keras_models import KERAS_ZOO
+
+        return KERAS_ZOO
+
+    def keras_export(name, output, args):
+        from frontends.tensorflow import export_keras
+
+        entry = keras_zoo()[name]
+        return export_keras(entry.build(), output, input_shape=entry.input_shape)
+
+    def flax_zoo():
+        from models_zoo.flax_models import FLAX_ZOO
+
+        return FLAX_ZOO
+
+    def flax_export(name, output, args):
+        from frontends.jax import export_flax
+
+        entry = flax_zoo()[name]
+        return export_flax(entry.build(), output, input_shape=entry.input_shape)
+
+    return {"torch": (torch_zoo, torch_export), "tf": (keras_zoo, keras_export), "jax": (flax_zoo, flax_export)}
 
 
 def cmd_export(args) -> int:
@@ -175,6 +197,44 @@ def cmd_export(args) -> int:
     export(args.model, output, args)
     print(f"wrote {output}")
     return 0
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from .io import check_output_path, save_model
+    from .train import train
+
+    inputs = [args.model, args.data] + ([args.val] if args.val else [])
+    output = check_output_path(args.output, protected=inputs)
+    if args.report:
+        check_output_path(args.report, protected=inputs + [output])
+    pruned, report = train(
+        args.model, args.data, val=args.val, loss=args.loss, optimizer=args.optimizer,
+        target_sparsity=args.target_sparsity, epochs=args.epochs, lr=args.lr, batch=args.batch, base=args.base,
+        lmbda=args.lmbda, seed=args.seed,
+    )
+    save_model(pruned, output, protected=inputs)
+    print()
+    print(train_table(report))
+    print(f"\nwrote {output}")
+    if args.report:
+        _write_json(args.report, report.to_dict(), protected=inputs + [output])
+    return 0
+
+
+def train_table(report) -> str:
+    def change(before, after):
+        return f"{(after - before) / before * 100:+.1f}%" if before else "-"
+
+    rows = [
+        ["parameters", _human(report.params_before), _human(report.params_after), change(report.params_before, report.params_after)],
+        ["FLOPs (MACs)", _human(report.flops_before), _human(report.flops_after), change(report.flops_before, report.flops_after)],
+        ["zero groups removed", "", f"{report.zero_groups} of {report.groups}", f"sparsity {report.group_sparsity:.3f}"],
+    ]
+    if report.val_accuracy is not None:
+        rows.append(["validation accuracy", "", f"{report.val_accuracy * 100:.2f}%", ""])
+    rows.append(["pruned vs trained", "", f"{report.max_relative_error:.1e}", "max relative error"])
+    return table(rows, ["", "trained", "pruned", ""])
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -249,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("train", help="train with HSPG or DHSPG, then remove the channels that trained to zero")
+    p.add_argument("model", help="the ONNX model (export it with BatchNormalization unfused to train it)")
+    p.add_argument("--data", required=True, metavar="TRAIN.npz", help="one array per graph input (by name) and 'labels'")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--val", metavar="VAL.npz", help="validation arrays, same keys: accuracy per epoch and of the result")
+    p.add_argument("--loss", default="ce", help="ce (cross-entropy on class ids, the default) or mse")
+    p.add_argument("--optimizer", default="dhspg", help="dhspg (the default) or hspg")
+    p.add_argument("--target-sparsity", type=_ratio, default=0.5, help="fraction of channels to train to zero (default 0.5)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=_ratio, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam and adamw)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--base", default="sgd", help="the base optimizer: sgd (with momentum 0.9, the default), adam or adamw")
+    p.add_argument("--lmbda", type=_ratio, default=None, help="group-lasso weight lambda (see the README)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the batch order")
+    p.add_argument("--report", metavar="OUT.json", help="write the report (per-epoch history included) as JSON")
+    p.set_defaults(run=cmd_train)
     return parser
 
 

@@ -104,7 +104,7 @@ def lamp(w: np.ndarray) -> np.ndarray:
 
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("l1", "mean |w| of each channel's slices", lambda w, s: np.abs(w)),
-    Criterion("l2", "RMS of each channel's slices", np.square, unit=np.sqrt),
+    Criterion("l2", "RMS of each channel's slices", lambda w, s: np.square(w), unit=np.sqrt),
     Criterion("bn_scale", "|gamma| of the normalizations in the group (Network Slimming, Liu et al. 2017); "
               "L1 for groups without one", lambda w, s: np.abs(w), members=_scales_or_weights),
     Criterion("lamp", "layer-adaptive magnitude score w^2 / sum of larger w^2 (Lee et al. 2021)", lambda w, s: lamp(w)),

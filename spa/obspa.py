@@ -60,13 +60,18 @@ import torch.nn.functional as F
 from onnx import helper
 from tqdm import tqdm
 
-from .activations import Network
+from . import synthetic
+from .activations import Network, default_device
+from .calib import load_calibration
 from .errors import SpaError
 from .graph import Graph
 from .groups import Analysis, Group, analyze
-from .targets import check_ratio, select
+from .targets import Selection, Target, choose
 
-DATA_FREE = ("auto", "gaussian", "batchnorm")
+# How inputs are made without data: see spa.synthetic; "auto" picks "inversion" for a classifier
+# and "batchnorm" otherwise (bench/bench_obspa.py measures them).
+DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm")
+DEFAULT_INVERSION_STEPS = 50
 DEFAULT_DAMP = 0.01
 DEFAULT_SAMPLES = 128
 DEFAULT_BATCH = 32
@@ -211,3 +216,449 @@ def _layer(graph: Graph, weight: str) -> Layer | None:
         return None
     bias = _bias(graph, nodes[0], value.shape[out_axis]) if len(nodes) == 1 else None
     return Layer(weight, nodes, in_axis, out_axis, kernel, alpha, bias)
+
+
+# ------------------------------------------------------------------------------------ inputs as rows
+def _conv_pads(node: onnx.NodeProto, spatial: tuple, kernel: tuple, strides: list, dilations: list) -> list[int]:
+    """ONNX pads (all begins, then all ends) with auto_pad resolved."""
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    n = len(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        return begins + ends
+    if auto_pad == "VALID":
+        return [0] * (2 * n)
+    return list(_attr(node, "pads", [0] * (2 * n)))
+
+
+def _unfold(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple) -> torch.Tensor:
+    """A Conv's input as rows of (channel, kernel position) features, one row per output position."""
+    n = len(kernel)
+    strides = list(_attr(node, "strides", [1] * n))
+    dilations = list(_attr(node, "dilations", [1] * n))
+    pads = _conv_pads(node, tuple(x.shape[2:]), kernel, strides, dilations)
+    if n == 1:  # a 1-D Conv is a 2-D one over a height of 1
+        x, kernel, strides, dilations, pads = x.unsqueeze(2), (1, *kernel), [1, *strides], [1, *dilations], [0, pads[0], 0, pads[1]]
+    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+    columns = F.unfold(x, tuple(kernel), dilation=tuple(dilations), stride=tuple(strides))  # N, C*K, L
+    return columns.transpose(1, 2).reshape(-1, columns.shape[1])
+
+
+def _row_chunks(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple):
+    """The operator's input as rows of features, a bounded number of elements at a time."""
+    if node.op_type == "Gemm":
+        yield x
+        return
+    if node.op_type == "MatMul":
+        rows = x.reshape(-1, x.shape[-1])
+        step = max(1, _ROW_CHUNK // max(rows.shape[1], 1))
+        yield from rows.split(step)
+        return
+    per_sample = int(np.prod(x.shape[1:])) * int(np.prod(kernel))  # about the unfolded size of one sample
+    for part in x.split(max(1, _ROW_CHUNK // max(per_sample, 1))):
+        yield _unfold(node, part, kernel)
+
+
+class _Moments:
+    """Running sums of x x^T and of x over one layer's input rows."""
+
+    def __init__(self, features: int, bias: bool, device: torch.device):
+        self.xx = torch.zeros(features, features, dtype=torch.float64, device=device)
+        self.x = torch.zeros(features, dtype=torch.float64, device=device)
+        self.rows = 0
+        self.bias = bias
+
+    def add(self, rows: torch.Tensor):
+        # float32 products (2-3x faster on a CPU) summed in float64; float64 throughout on a GPU
+        rows = rows.double() if rows.is_cuda else rows.float()
+        self.xx += (rows.T @ rows).double()
+        self.x += rows.sum(0, dtype=torch.float64)
+        self.rows += rows.shape[0]
+
+    def hessian(self) -> np.ndarray:
+        """E[x x^T], with the bias's constant input as the last feature when there is one."""
+        rows = max(self.rows, 1)
+        h = (self.xx / rows).cpu().numpy()
+        if not self.bias:
+            return h
+        mean = (self.x / rows).cpu().numpy()
+        return np.block([[h, mean[:, None]], [mean[None, :], np.ones((1, 1))]])
+
+    @property
+    def nbytes(self) -> int:
+        return self.xx.numel() * 8
+
+
+class HessianStore:
+    """Finished Hessians by layer: in memory when all of them fit the budget, otherwise on disk
+    (read back one at a time). `peak` is the most bytes of Hessians held in memory at once,
+    counting those being accumulated."""
+
+    def __init__(self, budget: int, total: int):
+        self.budget = budget
+        self.on_disk = total > budget
+        self.directory = tempfile.mkdtemp(prefix="spa-obspa-") if self.on_disk else None
+        self.memory: dict[str, np.ndarray] = {}
+        self.held = 0
+        self.peak = 0
+
+    def hold(self, nbytes: int):
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+
+    def put(self, name: str, hessian: np.ndarray):
+        if self.on_disk:
+            np.save(self._path(name), hessian)
+        else:
+            self.memory[name] = hessian
+            self.hold(hessian.nbytes)
+
+    def get(self, name: str) -> np.ndarray:
+        return np.load(self._path(name)) if self.on_disk else self.memory[name]
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, f"{abs(hash(name))}-{len(name)}.npy")
+
+    def close(self):
+        self.memory.clear()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ surgery
+def _inverse(hessian: torch.Tensor, damp: float, features: int) -> torch.Tensor:
+    """(H + lambda I)^-1 over the channel features (not the bias), lambda = damp x mean of diag H;
+    more dampening if H is still not positive definite (dead or duplicated inputs)."""
+    diagonal = hessian.diagonal()[:features]
+    lam = damp * float(diagonal.mean()) if features and float(diagonal.mean()) > 0 else 1e-8
+    damped = hessian.clone()
+    for _ in range(8):
+        damped.diagonal()[:features] += lam
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+        lam *= 10
+    raise SpaError("OBSPA: a layer's Hessian is not positive definite even with strong dampening")
+
+
+class _Surgeon:
+    """One layer's weight matrix and inverse Hessian while one group's channels leave it one by
+    one (OBS removal with compensation). Columns that are gone are cut out now and then."""
+
+    def __init__(self, weight: torch.Tensor, hessian: torch.Tensor, features: int, damp: float,
+                 units: list[np.ndarray]):
+        self.energy = max(float(((weight @ hessian) * weight).sum()), 1e-30)
+        self.inverse = _inverse(hessian, damp, features)
+        self.weight = weight.clone()
+        device = weight.device
+        self.position = torch.arange(hessian.shape[0], device=device)  # original feature -> current column
+        self.alive = torch.ones(hessian.shape[0], dtype=torch.bool, device=device)
+        self.units = [torch.as_tensor(u, device=device) for u in units]
+        self.classes = []  # units with the same number of features, scored together
+        for size in sorted({len(u) for u in units}):
+            ids = [i for i, u in enumerate(units) if len(u) == size]
+            self.classes.append((torch.as_tensor(ids, device=device),
+                                 torch.as_tensor(np.stack([units[i] for i in ids]), device=device)))
+
+    def costs(self, remaining: torch.Tensor) -> torch.Tensor:
+        """Per unit: the relative output error its removal adds now (inf for removed units)."""
+        costs = torch.full((len(self.units),), math.inf, dtype=torch.float64, device=remaining.device)
+        for ids, features in self.classes:
+            keep = remaining[ids]
+            ids, columns = ids[keep], self.position[features[keep]]
+            if len(ids) == 0:
+                continue
+            if columns.shape[1] == 1:
+                column = columns[:, 0]
+                costs[ids] = (self.weight[:, column] ** 2).sum(0) / self.inverse[column, column]
+            else:
+                # tr(((H^-1)[B,B])^-1 W[:,B]^T W[:,B]); batched small inverses are far faster than solves
+                block_inverse, _ = torch.linalg.inv_ex(self.inverse[columns[:, :, None], columns[:, None, :]])
+                w = self.weight[:, columns]  # output, unit, feature
+                costs[ids] = (block_inverse * torch.einsum("oub,ouc->ubc", w, w)).sum((1, 2))
+        return costs / self.energy
+
+    def remove(self, unit: int):
+        columns = self.position[self.units[unit]]
+        step = torch.linalg.solve(self.inverse[columns][:, columns], self.inverse[columns, :])
+        self.weight.addmm_(self.weight[:, columns], step, alpha=-1)
+        self.inverse.addmm_(self.inverse[:, columns], step, alpha=-1)
+        self.weight[:, columns] = 0
+        self.inverse[columns, :] = 0
+        self.inverse[:, columns] = 0
+        self.alive[columns] = False
+        if (~self.alive).sum() * 4 > len(self.alive):
+            self._compact()
+
+    def _compact(self):
+        kept = self.alive.nonzero().squeeze(1)
+        new_column = torch.full_like(self.alive, -1, dtype=torch.long)
+        new_column[kept] = torch.arange(len(kept), device=kept.device)
+        self.weight = self.weight[:, kept].contiguous()
+        self.inverse = self.inverse[kept][:, kept].contiguous()
+        self.position = torch.where(self.position >= 0, new_column[self.position.clamp(min=0)], self.position)
+        self.alive = torch.ones(len(kept), dtype=torch.bool, device=kept.device)
+
+
+def _greedy_scores(surgeons: list[_Surgeon], units: int) -> np.ndarray:
+    """Remove the group's units one by one, cheapest first; a unit's score is the running maximum
+    of the marginal costs up to its removal (so scores follow the removal order)."""
+    device = surgeons[0].weight.device
+    remaining = torch.ones(units, dtype=torch.bool, device=device)
+    order, marginal = [], []
+    for step in range(units):
+        costs = sum(s.costs(remaining) for s in surgeons)
+        unit = int(torch.argmin(costs))
+        order.append(unit)
+        marginal.append(float(costs[unit]))
+        remaining[unit] = False
+        if step < units - 1:
+            for s in surgeons:
+                s.remove(unit)
+    ranked = np.maximum.accumulate(np.maximum(marginal, 0.0))
+    ranked = ranked + np.arange(units) * 1e-12 * max(ranked[-1], 1e-30)  # strictly increasing: ties keep the order
+    scores = np.empty(units)
+    scores[order] = ranked
+    return scores
+
+
+def _compensated(weight: torch.Tensor, hessian: torch.Tensor, features: int, damp: float,
+                 removed: np.ndarray) -> torch.Tensor:
+    """W - W[:,M] ((H^-1)[M,M])^-1 (H^-1)[M,:], the removed columns exactly zero."""
+    inverse = _inverse(hessian, damp, features)
+    m = torch.as_tensor(removed, device=weight.device)
+    step = torch.linalg.solve(inverse[m][:, m], inverse[m, :])
+    new = weight - weight[:, m] @ step
+    new[:, m] = 0
+    return new
+
+
+# ------------------------------------------------------------------------------------ OBSPA
+class Obspa:
+    """Scores and compensation for one analysed model. Hessians are computed on first use.
+
+    calib: calibration data (an .npz path, a dict of arrays or a spa.calib.Calibration) or None
+    for data-free; data_free: how inputs
+    are generated without data (DATA_FREE); samples: how many generated inputs; damp: dampening
+    as a fraction of the mean Hessian diagonal; memory: bytes of Hessians held at once.
+    """
+
+    def __init__(self, analysis: Analysis, calib=None, data_free: str = "auto", samples: int = DEFAULT_SAMPLES,
+                 batch_size: int = DEFAULT_BATCH, damp: float = DEFAULT_DAMP, memory: int = DEFAULT_MEMORY,
+                 device=None, seed: int = 0, inversion_steps: int = DEFAULT_INVERSION_STEPS, progress: bool = False):
+        if data_free not in DATA_FREE:
+            raise SpaError(f"unknown data-free input generation '{data_free}' (choose from {', '.join(DATA_FREE)})")
+        if damp < 0 or samples < 1 or batch_size < 1:
+            raise SpaError("OBSPA needs damp >= 0, samples >= 1 and batch size >= 1")
+        self.analysis = analysis
+        self.graph = analysis.graph
+        self.damp = damp
+        self.memory = memory
+        self.progress = progress
+        self.calibration = load_calibration(calib, self.graph.model) if calib is not None else None
+        self.samples = samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.data_free = data_free if calib is None else None
+        self.inversion_steps = inversion_steps
+        self.device = torch.device(device) if device is not None else default_device()
+        self.layers = find_layers(analysis, analysis.prunable)
+        self.store: HessianStore | None = None
+        self.energies: dict[int, np.ndarray] = {}  # fallback scores of groups no layer multiplies
+        self.passes = 0  # forward passes made over the inputs (one per chunk of layers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.store is not None:
+            self.store.close()
+
+    # -------------------------------------------------------------------------- Hessians
+    def _hessians(self):
+        if self.store is not None:
+            return
+        network = Network(self.graph, self.device)
+        batches, batch_statistics = self._inputs(network)
+        sizes = [layer.size(self.graph) ** 2 * 8 for layer in self.layers]
+        self.store = HessianStore(self.memory, sum(sizes))
+        chunks = self._chunks(sizes)
+        fallback = [g for g in self.analysis.prunable if not any(g.id in layer.units for layer in self.layers)]
+        for number, chunk in enumerate(tqdm(chunks, desc="OBSPA Hessians", unit="pass", disable=not self.progress,
+                                            file=sys.stderr)):
+            last = number == len(chunks) - 1
+            self._pass(network, [self.layers[i] for i in chunk], fallback if last else [], batches, batch_statistics)
+        if not chunks and fallback:
+            self._pass(network, [], fallback, batches, batch_statistics)
+
+    def _inputs(self, network: Network) -> tuple[list[dict[str, np.ndarray]], bool]:
+        """The batches the Hessians are built from, and whether BatchNorm layers normalize them
+        with their own batch statistics (data-free "batchnorm")."""
+        if self.calibration is not None:
+            return [inputs for inputs, _ in self.calibration.batches(self.batch_size)], False
+        method = self.data_free
+        if method == "auto":
+            method = "inversion" if synthetic.classes(network) else "batchnorm" if network.batchnorms else "gaussian"
+        if "batchnorm" in method and not network.batchnorms:
+            raise SpaError(f"data-free input generation '{method}' needs BatchNormalization layers; the model has none")
+        data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed)
+        if "inversion" in method:
+            data = synthetic.invert(network, data, steps=self.inversion_steps, batch_size=self.batch_size,
+                                    progress=self.progress)
+        return [inputs for inputs, _ in data.batches(self.batch_size)], "batchnorm" in method
+
+    def _chunks(self, sizes: list[int]) -> list[list[int]]:
+        """Consecutive layers whose Hessians fit the budget together (one layer at least)."""
+        chunks: list[list[int]] = []
+        total = 0
+        for i, size in enumerate(sizes):
+            if not chunks or total + size > self.memory:
+                chunks.append([])
+                total = 0
+            chunks[-1].append(i)
+            total += size
+        return chunks
+
+    def _pass(self, network: Network, layers: list[Layer], fallback: list[Group], batches, batch_statistics: bool):
+        """One forward pass over all batches, accumulating the layers' Hessians and the fallback
+        groups' channel energies."""
+        graph = self.graph
+        moments = {layer.weight: _Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None,
+                                          network.device) for layer in layers}
+        for m in moments.values():
+            self.store.hold(m.nbytes)
+        readers: dict[str, list[tuple[Layer, int]]] = {}
+        for layer in layers:
+            for node in layer.nodes:
+                readers.setdefault(graph.nodes[node].input[0], []).append((layer, node))
+        watched = {}  # tensor -> [(group, member position)]
+        for group in fallback:
+            for k, member in enumerate(group.members):
+                if not member.is_param and network.computes(member.tensor) and not graph.is_constant_derived(member.tensor):
+                    watched.setdefault(member.tensor, []).append((group, k))
+        sums: dict[tuple[int, int], torch.Tensor] = {}
+
+        def receive(tensor: str, value: torch.Tensor):
+            for layer, node in readers.get(tensor, ()):
+                kernel = tuple(graph.value(layer.weight).shape[2:])
+                for rows in _row_chunks(graph.nodes[node], value, kernel):
+                    moments[layer.weight].add(rows)
+            for group, k in watched.get(tensor, ()):
+                axis = group.members[k].axis % value.dim()
+                other = tuple(a for a in range(value.dim()) if a != axis)
+                energy = value.double().pow(2).sum(other)
+                sums[group.id, k] = sums.get((group.id, k), 0) + energy
+
+        network.stream(list(readers) + list(watched), batches, receive, batch_statistics)
+        self.passes += 1
+        for layer in layers:
+            self.store.put(layer.weight, moments[layer.weight].hessian())
+            self.store.hold(-moments[layer.weight].nbytes)
+        for group in fallback:
+            shares = []
+            for k, member in enumerate(group.members):
+                if (group.id, k) in sums:
+                    energy = sums[group.id, k].cpu().numpy()
+                    per_unit = np.add.reduceat(energy[member.indices], member.offsets[:-1])
+                    shares.append(per_unit / max(energy.sum(), 1e-30))
+            self.energies[group.id] = np.mean(shares, axis=0) if shares else np.zeros(group.units)
+
+    # -------------------------------------------------------------------------- scores
+    def scores(self, groups: list[Group] | None = None) -> dict[int, np.ndarray]:
+        """Per group id, a score per unit (higher = more important; see the module docstring)."""
+        self._hessians()
+        groups = self.analysis.prunable if groups is None else groups
+        result = {}
+        for group in tqdm(groups, desc="OBSPA scores", unit="group", disable=not self.progress, file=sys.stderr):
+            layers = [layer for layer in self.layers if group.id in layer.units]
+            if not layers:
+                result[group.id] = np.asarray(self.energies.get(group.id, np.zeros(group.units)), dtype=np.float64)
+                continue
+            surgeons = [self._surgeon(layer, group.id) for layer in layers]
+            result[group.id] = _greedy_scores(surgeons, group.units)
+        return result
+
+    def _surgeon(self, layer: Layer, group_id: int) -> _Surgeon:
+        weight, hessian = self._problem(layer)
+        return _Surgeon(weight, hessian, layer.size(self.graph) - (layer.bias is not None), self.damp,
+                        layer.units[group_id])
+
+    def _problem(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's matrix (with the bias column, rows scaled as a following BatchNorm scales
+        them) and Hessian, as float64 tensors."""
+        matrix = layer.matrix(self.graph.value(layer.weight))
+        if layer.bias is not None:
+            name, factor = layer.bias
+            bias = self.graph.value(name).astype(np.float64).reshape(-1) / factor
+            matrix = np.concatenate([matrix, bias[:, None]], axis=1)
+        matrix = matrix * self._row_scale(layer)[:, None]
+        hessian = self.store.get(layer.weight)
+        return torch.as_tensor(matrix, device=self.device), torch.as_tensor(hessian, device=self.device)
+
+    def _row_scale(self, layer: Layer) -> np.ndarray:
+        """gamma / sqrt(var + eps) of the BatchNormalization that reads the layer's output (so that
+        costs measure the error after it, as in the same model with BN folded), else ones."""
+        graph = self.graph
+        outputs = graph.value(layer.weight).shape[layer.out_axis]
+        node = graph.nodes[layer.nodes[0]]
+        readers = graph.tensors[node.output[0]].consumers
+        if len(layer.nodes) == 1 and len(readers) == 1:
+            reader = graph.nodes[readers[0]]
+            if reader.op_type == "BatchNormalization" and reader.input[0] == node.output[0]:
+                gamma, var = graph.value(reader.input[1]), graph.value(reader.input[4])
+                if gamma is not None and var is not None and gamma.shape == (outputs,):
+                    scale = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + _attr(reader, "epsilon", 1e-5))
+                    return np.maximum(scale, 1e-12 * max(scale.max(), 1e-30))  # invertible
+        return np.ones(outputs)
+
+    # -------------------------------------------------------------------------- compensation
+    def compensation(self, chosen: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """New values (parameter name -> array in its original shape) of every layer that loses
+        input channels, and of the biases that take their shifts, for spa.api.apply."""
+        self._hessians()
+        new_values = {}
+        for layer in self.layers:
+            removed = [layer.units[g][u] for g, units in chosen.items() if g in layer.units for u in units]
+            if not removed:
+                continue
+            weight, hessian = self._problem(layer)
+            features = layer.size(self.graph) - (layer.bias is not None)
+            new = _compensated(weight, hessian, features, self.damp, np.unique(np.concatenate(removed))).cpu().numpy()
+            new = new / self._row_scale(layer)[:, None]
+            new_values[layer.weight] = layer.from_matrix(new[:, :features], self.graph.value(layer.weight))
+            if layer.bias is not None:
+                name, factor = layer.bias
+                old = self.graph.value(name)
+                new_values[name] = (factor * new[:, -1]).reshape(old.shape).astype(old.dtype)
+        return new_values
+
+
+# ------------------------------------------------------------------------------------ entry point
+def prune(model, ratio: float | None = None, scope: str | None = None, round_to: int = 1, keep=(),
+          max_ratio: float = 0.9, carrier: str = "outer", exact: bool = False, check: bool = True, *,
+          target_flops: float | None = None, target_params: float | None = None, **options):
+    """Prune with OBSPA: what goes is chosen as spa.prune chooses it (a ratio, or a FLOPs or
+    parameter target; global scope for targets), ranked by OBS cost, and the layers that lose input
+    channels are compensated. `options` go to Obspa (calib, data_free, samples, batch_size, damp,
+    memory, device, seed, progress). Returns (ModelProto, Report)."""
+    from .api import apply
+
+    target = Target.from_options(ratio, target_flops, target_params)
+    scope = scope or ("global" if target.kind != "ratio" else "local")
+    selection = Selection(target, scope, round_to, max_ratio)
+    analysis = analyze(Graph.load(model), keep=keep, carrier=carrier)
+    groups = [g for g in analysis.prunable if not (exact and g.approximate)]
+    with Obspa(analysis, **options) as obspa:
+        chosen = choose(analysis, obspa.scores(groups), selection)
+        new_values = obspa.compensation(chosen)
+    return apply(analysis, chosen, check=check, new_values=new_values, criterion="obspa",
+                 ratio=target.value if target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)

@@ -13,10 +13,12 @@ onnx2torch stores an initializer in one of three ways, and all three are handled
   the initializer, and other layers using the same initializer are tied to it;
 - read as a plain number at conversion (Clip bounds). Those are not in the module: `constants`.
 Every float initializer the module computes with is trainable, except BatchNorm running
-statistics (torch buffers, updated in train mode) and Pow exponents (NaN gradients).
+statistics (torch buffers, updated in train mode), Pow exponents (NaN gradients) and
+single-element constants (epsilons, scales, bounds: settings, not weights).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 import re
@@ -29,7 +31,7 @@ import onnx
 import onnx2torch
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, defs, numpy_helper
+from onnx import TensorProto, defs, helper, numpy_helper
 from onnx2torch.node_converters.pad import OnnxPadDynamic
 from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
 from onnx2torch.node_converters.registry import add_converter, get_converter
@@ -423,9 +425,46 @@ def _load(model: onnx.ModelProto | str | PathLike) -> onnx.ModelProto:
 # ---------------------------------------------------------------------------------------------
 
 
+_SLIDING = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+
 def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model as to_torch converts it and write_back writes it (the same computation)."""
-    return _split_shared_statistics(_read_initializers_directly(model))
+    return _explicit_padding(_split_shared_statistics(_read_initializers_directly(model)))
+
+
+def _explicit_padding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Conv and pooling nodes with auto_pad SAME_UPPER/SAME_LOWER (jax2onnx writes them) get the
+    explicit pads they stand for, which onnx2torch converts; the spatial input shape must be static."""
+    from .graph import Graph
+
+    nodes = [n for n in model.graph.node if n.op_type in _SLIDING
+             and any(a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
+    if not nodes:
+        return model
+    model = copy.deepcopy(model)
+    shapes = Graph(model).shape
+    for node in [n for n in model.graph.node if n.op_type in _SLIDING]:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("auto_pad", b"NOTSET")
+        if mode not in (b"SAME_UPPER", b"SAME_LOWER"):
+            continue
+        spatial = shapes(node.input[0])[2:]
+        kernel = attrs.get("kernel_shape") or shapes(node.input[1])[2:]
+        strides = attrs.get("strides", [1] * len(spatial))
+        dilations = attrs.get("dilations", [1] * len(spatial))
+        begins, ends = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            if not isinstance(size, int):
+                raise TorchConversionError(f"{node.op_type} '{node.name}' pads SAME over a spatial axis of unknown size")
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small = total // 2
+            begins.append(small if mode == b"SAME_UPPER" else total - small)
+            ends.append(total - begins[-1])
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("pads", begins + ends)])
+    return model
 
 
 def _read_initializers_directly(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -666,7 +705,11 @@ _NON_TRAINABLE_INPUTS = {"BatchNormalization": (3, 4), "Pow": (1,)}
 
 
 def _non_trainable_initializers(graph: onnx.GraphProto) -> set[str]:
-    return {
+    """Initializers kept fixed: the inputs above, and every single-element constant (a norm's
+    epsilon, an attention scale, a clip bound): they are settings, and a step can make an
+    epsilon negative and the model NaN."""
+    scalars = {t.name for t in graph.initializer if int(np.prod(t.dims)) == 1}
+    return scalars | {
         node.input[index]
         for node in graph.node
         if node.domain == ""

@@ -228,7 +228,7 @@ def check_round_trip(model, inputs):
             assert converted.torch_tensor(name).grad is not None, name
         changed += not np.array_equal(converted.onnx_tensor(name).detach().numpy(), initial[name])
         assert converted.onnx_grad(name).shape == initial[name].shape
-    assert changed > len(converted.param_map) / 2
+    assert changed > sum(ref.trainable for ref in converted.param_map.values()) / 2
 
     trained = write_back(model, converted)
     assert_close_to_scale(run_onnx(trained, inputs), run_torch(converted, inputs), rtol=1e-5)
@@ -293,8 +293,9 @@ def test_batchnorm_running_statistics_are_written_back():
     assert converted.param_map["fc_w"].layout.transposed
 
 
-def test_pow_exponent_stays_fixed():
-    """RMS norm as torch.onnx.export writes it: a trainable exponent would get NaN gradients."""
+def test_pow_exponent_and_epsilon_stay_fixed():
+    """RMS norm as torch.onnx.export writes it: a trainable exponent would get NaN gradients, and
+    a trained epsilon can turn negative; the weight trains."""
     nodes = [
         helper.make_node("Pow", ["x", "two"], ["square"]),
         helper.make_node("ReduceMean", ["square", "last_axis"], ["mean"]),
@@ -309,7 +310,8 @@ def test_pow_exponent_stays_fixed():
     model = make_model(nodes, [tensor_info("x", [3, 8])], [tensor_info("y", [3, 8])], initializers, opset=20)
     converted = check_round_trip(model, [floats(3, 8)])
     assert not converted.param_map["two"].trainable
-    assert converted.param_map["eps"].trainable
+    assert not converted.param_map["eps"].trainable
+    assert converted.param_map["w"].trainable
 
 
 def test_batchnorm_initializers_merged_by_the_exporter():

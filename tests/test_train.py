@@ -1,0 +1,334 @@
+"""Prune while training: the projection, the adaptive lambda, zero-invariant groups, and the
+exact prune after training (spa.train, `spa train`)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from spa.cli import main
+from spa.errors import SpaError
+from spa.runtime import random_inputs, run
+from spa.train import (DHSPG, HSPG, SparseTraining, adapted_lambdas, fit, in_half_space, load_data,
+                       prepare_for_training, train)
+
+
+# ----------------------------------------------------------------------------- the projection
+def test_half_space_zeroes_groups_inside_keeps_groups_outside():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    trial = torch.tensor([[-0.5, 0.1], [0.5, 0.0], [3.0, 1.9], [0.1, 0.1]])
+    # <trial, x>: -0.5 (inside), 0.5 (outside at eps 0, inside at 0.6), 3.8 (outside), zero group
+    assert in_half_space(trial, x, 0.0).tolist() == [True, False, False, False]
+    assert in_half_space(trial, x, 0.6).tolist() == [True, True, False, False]
+
+
+def test_hspg_zeroes_the_group_in_the_half_space_and_keeps_it_zero():
+    weight = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]]))
+    groups = [[(weight, 0, [row])] for row in range(3)]
+    optimizer = HSPG([weight], groups, lr=1.0, base="sgd", momentum=0.0, lmbda=0.0, epsilon=0.0)
+    weight.grad = torch.tensor([[2.0, 0.0], [0.5, 0.0], [0.0, 0.0]])  # trial rows -1,0 / 0.5,0 / 1,1
+    optimizer.step()
+    assert weight[0].abs().sum() == 0  # inside the half-space: zeroed
+    assert torch.equal(weight[1:].detach(), torch.tensor([[0.5, 0.0], [1.0, 1.0]]))  # outside: the plain step
+    for _ in range(3):  # a gradient that would move it: a zero group stays zero
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+        assert weight[0].abs().sum() == 0
+    assert optimizer.group_sparsity == pytest.approx(1 / 3)
+
+
+def test_projection_leaves_a_layer_at_least_one_channel():
+    weight = torch.nn.Parameter(torch.ones(3, 2))
+    optimizer = HSPG([weight], [[(weight, 0, [row])] for row in range(3)], lr=1.0, base="sgd", momentum=0.0, lmbda=0.0)
+    weight.grad = torch.full((3, 2), 2.0)  # every trial row is inside the half-space
+    optimizer.step()
+    assert (weight.abs().sum(dim=1) > 0).sum() == 1
+
+
+# ----------------------------------------------------------------------------- the adaptive lambda
+def quadratic(seed: int, groups: int = 64, size: int = 5):
+    """f(x) = 0.5 * sum_g ||A_g x_g - c_g||^2 with random x, A, c: its gradient and x."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(groups, size, generator=generator)
+    a = torch.randn(groups, size, size, generator=generator)
+    c = torch.randn(groups, size, generator=generator)
+
+    def gradient(x):
+        return torch.einsum("gji,gj->gi", a, torch.einsum("gij,gj->gi", a, x) - c)
+
+    return x, gradient
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_adapted_lambda_keeps_the_step_a_descent_direction(seed):
+    x, gradient = quadratic(seed)
+    d = gradient(x)
+    lmbda, amplify, hat = 0.1, 2.0, 1e3
+    lambdas = adapted_lambdas(x, d, lmbda, amplify, hat)
+    step = d + lambdas[:, None] * x / x.norm(dim=1, keepdim=True)  # x moves by -lr * step
+    assert ((step * d).sum(dim=1) > 0).all()  # still descends along the gradient
+    growing = (x * d).sum(dim=1) < 0  # the gradient step alone would grow these groups
+    assert growing.sum() > 5
+    assert ((step * x).sum(dim=1)[growing] > 0).all()  # with the adapted lambda they shrink
+    assert (lambdas[~growing] == lmbda).all()
+
+
+def test_dhspg_steps_on_a_quadratic_descend_and_shrink_the_redundant_groups():
+    x0, gradient = quadratic(seed=7)
+    x = torch.nn.Parameter(x0.clone())
+    optimizer = DHSPG([x], [[(x, 0, [g])] for g in range(len(x0))], lr=1e-3, base="sgd", momentum=0.0,
+                      target_sparsity=0.5, lmbda=0.1, lmbda_amplify=2.0, hat_lmbda_coeff=1e3, epsilon=0.0)
+    for _ in range(3):
+        before = x.detach().clone()
+        grad = gradient(before)
+        x.grad = grad
+        optimizer.step()
+        moved = x.detach() - before
+        assert ((moved * grad).sum(dim=1) < 0).all()  # every group's step is a descent direction
+        redundant = optimizer.redundant[0]
+        assert redundant.sum() == int(0.55 * len(x0))
+        assert ((moved * before).sum(dim=1)[redundant] < 0).all()  # redundant groups shrink
+
+
+@pytest.mark.parametrize("base", ["sgd", "adam", "adamw"])
+def test_without_a_target_dhspg_is_the_base_optimizer(base):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    copy = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    copy.load_state_dict(model.state_dict())
+    groups = [[(model[0].weight, 0, [u]), (model[0].bias, 0, [u])] for u in range(8)]
+    settings = dict(lr=0.05, weight_decay=0.01)
+    ours = DHSPG(model.parameters(), groups, base=base, target_sparsity=0.0, momentum=0.9, **settings)
+    reference = {"sgd": lambda p: torch.optim.SGD(p, momentum=0.9, **settings),
+                 "adam": lambda p: torch.optim.Adam(p, **settings),
+                 "adamw": lambda p: torch.optim.AdamW(p, **settings)}[base](copy.parameters())
+    data = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+    for net, optimizer in ((model, ours), (copy, reference)):
+        for _ in range(5):
+            optimizer.zero_grad()
+            net(data).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(model.parameters(), copy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- zero-invariant groups
+@pytest.fixture(scope="module")
+def digits():
+    from models_zoo import digits
+
+    return digits.load(0)
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    """The digits ResNet as exported before training, BatchNorm unfused (shared ones and zeros)."""
+    from frontends.torch import export
+    from models_zoo import digits
+
+    path = tmp_path_factory.mktemp("train") / "resnet.onnx"
+    return export(digits.build("resnet"), torch.zeros(2, 1, 8, 8), path, training=True)
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    from frontends.torch import export
+    from models_zoo import digits
+
+    path = tmp_path_factory.mktemp("train") / "mlp.onnx"
+    return export(digits.build("mlp"), torch.zeros(2, 1, 8, 8), path, training=True)
+
+
+def test_untying_gives_every_use_its_own_initializer_and_keeps_the_outputs(resnet):
+    model = onnx.load(resnet)
+    uses = lambda m: [name for node in m.graph.node for name in node.input  # noqa: E731
+                      if name in {t.name for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}]
+    assert len(set(uses(model))) < len(uses(model))  # the exporter merged the BatchNorm ones and zeros
+    prepared = prepare_for_training(resnet)
+    assert len(set(uses(prepared))) == len(uses(prepared))
+    feeds = random_inputs(model, batch=2)
+    np.testing.assert_allclose(run(prepared, feeds)[0], run(model, feeds)[0], rtol=1e-6)
+
+
+def test_identity_copies_of_parameters_become_their_own_initializers(tmp_path):
+    from frontends.torch import export
+    from models_zoo import digits
+
+    path = export(digits.build("resnet"), torch.zeros(2, 1, 8, 8), tmp_path / "ts.onnx", exporter="torchscript", training=True)
+    assert any(node.op_type == "Identity" for node in onnx.load(path).graph.node)
+    job = SparseTraining(path)
+    assert not any(node.op_type == "Identity" for node in job.onnx_model.graph.node)
+    slices = {(t, a) for unit in job.units for t, a, _ in unit.slices}
+    assert all(name in job.torch_model.param_map for name, _ in slices)
+
+
+def test_zero_group_makes_the_output_independent_of_its_channel(resnet, digits):
+    """Zero one unit's zero-invariant slices: written back to ONNX exactly those slices are
+    zero, and the output no longer depends on the rest of the SPA unit (the next layers' input
+    slices), in eval mode and in train mode (BatchNorm on batch statistics)."""
+    job = SparseTraining(resnet)
+    original = initializers(job.onnx_model)
+    state = copy.deepcopy(job.module.state_dict())
+    x = torch.from_numpy(digits.x_test[:16])
+    by_group = {}
+    for unit in job.units:
+        by_group.setdefault(unit.group, []).append(unit)
+    assert set(by_group) == {g.id for g in job.analysis.prunable}  # every prunable group trains
+    for group_id, units in by_group.items():
+        unit = units[len(units) // 2]
+        zig = {(t, a) for t, a, _ in unit.slices}
+        rest = [(m.tensor, m.axis, m.unit(unit.unit)) for m in job.analysis.groups[group_id].params
+                if (m.tensor, m.axis) not in zig and job.torch_model.param_map[m.tensor].trainable]
+        producers = {role for t, a in zig for role in roles(job, t, a)}
+        assert producers <= {("Conv", 0), ("BatchNormalization", "scale"), ("BatchNormalization", "B")}
+        assert producers >= {("BatchNormalization", "scale"), ("BatchNormalization", "B")}
+        assert ("Conv", 0) in producers  # the filter, the BN scale and shift: not the statistics
+        assert rest and {role for t, a, _ in rest for role in roles(job, t, a)} <= {("Conv", 1), ("Gemm", 1)}
+
+        with torch.no_grad():
+            for piece in unit.slices:
+                param, axis, idx = job._torch_slice(*piece)
+                param.index_fill_(axis, idx, 0.0)
+        expected = {name: value.copy() for name, value in original.items()}
+        for name, axis, idx in unit.slices:
+            index = [slice(None)] * expected[name].ndim
+            index[axis] = idx
+            expected[name][tuple(index)] = 0
+        written = initializers(job.trained_model())
+        assert all(np.array_equal(written[name], expected[name]) for name in job.torch_model.param_map)
+
+        for training in (False, True):
+            job.module.train(training)
+            with torch.no_grad():
+                before = job.module(x)
+                for piece in rest:
+                    param, axis, idx = job._torch_slice(*piece)
+                    param.index_add_(axis, idx, torch.randn_like(param.index_select(axis, idx)))
+                torch.testing.assert_close(job.module(x), before, rtol=1e-5, atol=1e-6)
+        job.module.load_state_dict(state)
+        job.module.eval()
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def roles(job, tensor: str, axis: int) -> set[tuple]:
+    """How the nodes read a parameter: (Conv or Gemm, the weight axis) or (norm, input name)."""
+    found = set()
+    for node in job.onnx_model.graph.node:
+        for index, name in enumerate(node.input):
+            if name == tensor:
+                if node.op_type in ("Conv", "Gemm") and index == 1:
+                    found.add((node.op_type, axis))
+                else:
+                    found.add((node.op_type, ["X", "scale", "B", "input_mean", "input_var"][index]))
+    return found
+
+
+# ----------------------------------------------------------------------------- exact prune after training
+def test_pruning_after_training_removes_exactly_the_zero_groups(resnet, digits):
+    job = SparseTraining(resnet)
+    data = load_data({"input": digits.x_train[:128], "labels": digits.y_train[:128]}, job.onnx_model, "ce")
+    optimizer = DHSPG(job.module.parameters(), job.groups, lr=0.1, base="sgd", lmbda=5.0, epsilon=0.95,
+                      target_sparsity=0.3)
+    fit(job.module, optimizer, data, epochs=3, batch=32, log=None)
+    zero = {(u.group, u.unit) for u, g in zip(job.units, job.groups)
+            if all(not p.detach().index_select(a, i).any() for p, a, i in g)}
+    assert len(zero) == pytest.approx(0.3 * len(job.units), abs=1)
+    feeds = {"input": digits.x_test[:64]}
+    result = job.prune(feeds)
+    assert {(g, int(u)) for g, units in result.removed.items() for u in units} == zero
+    assert result.max_relative_error <= 1e-5
+    np.testing.assert_allclose(run(result.model, feeds)[0], run(result.trained, feeds)[0], rtol=1e-5, atol=1e-5)
+    assert result.report.params_after < result.report.params_before
+    assert result.report.flops_after < result.report.flops_before
+    removed = {(r["tensor"], r["axis"]): set(r["indices"]) for r in result.report.removed}
+    for group_id, unit in zero:  # every slice of a zero unit went, both sides
+        for member in job.analysis.groups[group_id].params:
+            assert set(member.unit(unit).tolist()) <= removed[(member.tensor, member.axis)]
+
+
+def test_train_reaches_the_target_sparsity_and_prunes_exactly(mlp, digits, tmp_path):
+    lines = []
+    data = {"input": digits.x_train, "labels": digits.y_train}
+    val = {"input": digits.x_test, "labels": digits.y_test}
+    pruned, report = train(mlp, data, val=val, epochs=8, target_sparsity=0.5, log=lines.append)
+    assert abs(report.group_sparsity - 0.5) <= 0.02
+    assert report.max_relative_error <= 1e-5
+    assert report.params_after < 0.6 * report.params_before
+    assert report.val_accuracy > 0.9
+    assert len(lines) == 9 and all(k in lines[-1] for k in ("loss", "acc", "group sparsity"))
+    widths = [t.dims[0] for t in pruned.graph.initializer if len(t.dims) == 2]  # Gemm weights: out x in
+    assert sum(widths) - 10 == report.groups - report.zero_groups  # the hidden layers lost the zero units
+
+
+def test_hspg_trains_and_prunes_exactly(mlp, digits):
+    data = {"input": digits.x_train[:512], "labels": digits.y_train[:512]}
+    pruned, report = train(mlp, data, optimizer="hspg", epochs=3, lmbda=5.0, target_sparsity=0.9, log=None)
+    assert 0 < report.zero_groups < report.groups
+    assert report.max_relative_error <= 1e-5
+    assert report.params_after < report.params_before
+
+
+# ----------------------------------------------------------------------------- the command line
+@pytest.fixture(scope="module")
+def npz(digits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    np.savez(folder / "train.npz", input=digits.x_train[:256], labels=digits.y_train[:256])
+    np.savez(folder / "val.npz", input=digits.x_test[:128], labels=digits.y_test[:128])
+    return folder
+
+
+def test_cli_train_end_to_end(mlp, npz, tmp_path, capsys):
+    out = tmp_path / "pruned.onnx"
+    code = main(["train", mlp, "--data", npz / "train.npz", "--val", npz / "val.npz", "-o", out, "--epochs", "2",
+                 "--target-sparsity", "0.3", "--report", tmp_path / "r.json"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "epoch 2/2" in printed and "group sparsity" in printed and "parameters" in printed
+    report = json.loads((tmp_path / "r.json").read_text())
+    pruned = onnx.load(out)
+    assert report["params_after"] < report["params_before"]
+    assert report["max_relative_error"] <= 1e-5
+    assert np.isfinite(run(pruned, {"input": np.zeros((3, 1, 8, 8), np.float32)})[0]).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "missing.npz"], "no such file"),
+    (["--data", "{npz}/labels_only.npz"], "no array 'input'"),
+    (["--data", "{npz}/float_labels.npz"], "integer class labels"),
+    (["--data", "{npz}/wrong_shape.npz"], "has shape"),
+    (["--data", "{npz}/train.npz", "--val", "{npz}/labels_only.npz"], "validation data has no array 'input'"),
+    (["--data", "{npz}/train.npz", "--target-sparsity", "1.5"], "target sparsity"),
+    (["--data", "{npz}/train.npz", "--epochs", "0"], "epochs"),
+])
+def test_cli_train_bad_input_is_one_line_exit_2(mlp, npz, tmp_path, capsys, args, message):
+    np.savez(npz / "labels_only.npz", labels=np.zeros(4, np.int64))
+    np.savez(npz / "float_labels.npz", input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(4, np.float32))
+    np.savez(npz / "wrong_shape.npz", input=np.zeros((4, 64), np.float32), labels=np.zeros(4, np.int64))
+    out = tmp_path / "out.onnx"
+    assert main(["train", mlp, "-o", out] + [a.format(npz=npz) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_train_refuses_to_write_over_its_input(mlp, npz, capsys):
+    assert main(["train", mlp, "--data", npz / "train.npz", "-o", mlp]) == 2
+    assert "refusing to write over the input" in capsys.readouterr().err
+
+
+def test_train_refuses_labels_that_do_not_fit_the_output_and_unknown_settings(mlp, digits):
+    data = {"input": digits.x_train[:64], "labels": digits.y_train[:64]}
+    with pytest.raises(SpaError, match="class labels must be in"):
+        train(mlp, {**data, "labels": data["labels"] + 10}, epochs=1, log=None)
+    with pytest.raises(SpaError, match="unknown loss 'hinge'"):
+        train(mlp, data, loss="hinge", log=None)
+    with pytest.raises(SpaError, match="mse needs labels of the output's shape"):
+        train(mlp, data, loss="mse", epochs=1, log=None)
