@@ -47,8 +47,10 @@ def cmd_analyze(args) -> int:
         params = g.params
         status = "blocked" if g.blocked else ("single" if g.units < 2 else ("approx" if g.approximate else "ok"))
         first = f"{params[0].tensor}[{params[0].axis}]" if params else "-"
-        rows.append([g.id, g.units, status, len(params), first])
-    print(table(rows, ["group", "channels", "status", "params", "first parameter"]))
+        width = max((len(m.indices) // g.units for m in params), default=1)
+        size = f"{g.units} heads x {width}" if g.kind == "heads" else g.units
+        rows.append([g.id, g.kind, size, status, len(params), first])
+    print(table(rows, ["group", "kind", "units", "status", "params", "first parameter"]))
     if args.verbose:
         for g in analysis.groups:
             print()

@@ -22,7 +22,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .errors import SpaError
 from .graph import Graph
-from .rules import Approximate, Block, Link, NodeView, Summed, Unknown, rule_for
+from .rules import Approximate, Block, Link, NodeView, Role, Summed, Unknown, rule_for
 from .rules.shape import CARRIERS
 
 
@@ -56,6 +56,7 @@ class Group:
     blocked: list[str] = field(default_factory=list)
     approximate: list[str] = field(default_factory=list)
     operators: list[str] = field(default_factory=list)
+    kind: str = "channels"  # channels, heads, head_dims or hidden (see _Propagation._kind)
 
     @property
     def prunable(self) -> bool:
@@ -86,6 +87,7 @@ class Group:
             "prunable": self.prunable,
             "blocked": self.blocked,
             "approximate": self.approximate,
+            "kind": self.kind,
             "members": [
                 {"tensor": m.tensor, "axis": m.axis, "param": m.is_param, "indices": len(m.indices), "size": m.size}
                 for m in self.members
@@ -146,6 +148,7 @@ class _Propagation:
         self.dim_nodes: dict[int, set[int]] = {}
         self.node_ties: dict[int, set[tuple[int, int]]] = {}  # node -> live dims tied at it
         self.sums: list[tuple[int, int, str]] = []  # (node, dim, reason): the dim is summed there
+        self.roles: dict[int, set[str]] = {}  # dim -> roles operators gave it
         self.queue: deque[int] = deque()
 
     # ----------------------------------------------------------------- growing the live set
@@ -231,6 +234,8 @@ class _Propagation:
                 self.approximations.append((dim, verdict.reason))
             elif isinstance(verdict, Summed):
                 self.sums.append((index, dim, verdict.reason))
+            elif isinstance(verdict, Role):
+                self.roles.setdefault(dim, set()).add(verdict.name)
 
     def flag_sums_over_nonzero(self):
         """A sum over removed channels equals the zeroed original only if, once their parameters
@@ -316,8 +321,16 @@ class _Propagation:
                 id=len(groups), units=int(units_per_group[g]), members=self._ordered(members[g]),
                 blocked=list(reasons.get(label, ())), approximate=list(approximate.get(label, ())),
                 operators=[f"{self.graph.nodes[i].op_type} '{self.graph.node_name(i)}'" for i in operators],
+                kind=self._kind(member_dims[g], approximate.get(label, ())),
             ))
         return groups
+
+    def _kind(self, dims: list[int], approximate) -> str:
+        """heads (or head_dims, with the inner carrier) for attention, hidden for channels that a
+        normalization runs over (a transformer's hidden size), channels for the rest."""
+        if any("attention" in self.roles.get(d, ()) for d in dims):
+            return "heads" if self.carrier == "outer" else "head_dims"
+        return "hidden" if approximate else "channels"
 
     def _components(self, total: int) -> np.ndarray:
         """The connected component of every element under the ties."""

@@ -6,7 +6,7 @@ channel that reaches them: SPA never assumes an unknown operator passes channels
 """
 from __future__ import annotations
 
-from .base import Approximate, Block, Link, NodeView, Rule, Summed, Unknown
+from .base import Approximate, Block, Link, NodeView, Role, Rule, Summed, Unknown
 
 _REGISTRY: dict[str, Rule] = {}
 
@@ -33,6 +33,6 @@ def supported_operators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import elementwise, linear, normalization, pooling, shape  # noqa: E402,F401  (fill the registry)
+from . import attention, elementwise, linear, normalization, pooling, shape  # noqa: E402,F401  (fill the registry)
 
-__all__ = ["Approximate", "Block", "Link", "NodeView", "Rule", "Summed", "Unknown", "register", "rule_for", "supported_operators"]
+__all__ = ["Approximate", "Block", "Link", "NodeView", "Role", "Rule", "Summed", "Unknown", "register", "rule_for", "supported_operators"]

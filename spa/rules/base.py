@@ -60,7 +60,15 @@ class Summed:
     reason: str
 
 
-Verdict = Link | Block | Approximate | Summed
+@dataclass
+class Role:
+    """What the live dimension is for the model, as far as the operator can tell: "attention"
+    for the heads or head size of an attention (a product of two activations, a fused Attention)."""
+
+    name: str
+
+
+Verdict = Link | Block | Approximate | Summed | Role
 
 
 class Unknown(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 
 from . import register
-from .base import Block, NodeView, Rule, Summed, same, whole_group_links
+from .base import Block, NodeView, Role, Rule, Summed, same, whole_group_links
 
 
 # ----------------------------------------------------------------------------- letter notation
@@ -25,11 +25,20 @@ def letter_links(view: NodeView, operands: list[tuple[str, str]], tensor: str, a
             return [Block(f"{view.op_type} '{view.name}' takes a diagonal over the axis")]
         if letter not in operands[-1][1]:
             verdicts.append(Summed(f"{view.op_type} '{view.name}' sums over the pruned channels"))
+        if _product_of_activations(view, operands, letter):
+            verdicts.append(Role("attention"))
         for other, other_letters in operands:
             for a, l in enumerate(other_letters):
                 if l == letter and (other, a) != (tensor, axis) and view.size(other, a) == size:
                     verdicts.append(same(other, a, size))
     return verdicts
+
+
+def _product_of_activations(view: NodeView, operands, letter: str) -> bool:
+    """Whether two run-time tensors both carry the letter: attention scores (Q K^T) or values (P V)."""
+    *inputs, _ = operands
+    carriers = [name for name, letters in inputs if letter in letters and not view.graph.is_constant_derived(name)]
+    return len(carriers) >= 2
 
 
 def gemm_operands(view: NodeView) -> list[tuple[str, str]]:
