@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from .calib import load_calibration
-from .criteria import DEFAULT_AGGREGATION, DEFAULT_NORMALIZATION, check_scoring, needs_data, score_groups
+from .criteria import DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION, check_scoring, needs_data, score_groups
 from .errors import SpaError
 from .graph import Graph
 from .groups import Analysis, analyze
@@ -64,7 +64,7 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
           keep=(), max_ratio: float = 0.9, carrier: str = "outer", seed: int = 0, exact: bool = False,
           check: bool = True, *, target_flops: float | None = None, target_params: float | None = None,
           steps: int = 1, isomorphic: bool = False, aggregate: str = DEFAULT_AGGREGATION,
-          normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = 64,
+          normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
           progress: bool = False) -> tuple[onnx.ModelProto, Report]:
     """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
     and onnxruntime unless check=False) and a Report.
@@ -103,7 +103,7 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
         removed = removed_slices(analysis, chosen)
         lineage.record(removed, analysis.graph)
         if step < selection.steps:
-            analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier), keep=keep, carrier=carrier)
+            analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits), keep=keep, carrier=carrier)
     return apply(original, lineage.removed_units(), check=check, criterion=criterion, ratio=target.value if
                  target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
 
@@ -120,7 +120,7 @@ def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
     name -> array in its original shape) replaces parameters first (compensated weights)."""
     graph = analysis.graph
     removed = removed_slices(analysis, chosen)
-    pruned = rewrite(graph, removed, analysis.carrier, new_values)
+    pruned = rewrite(graph, removed, analysis.carrier, new_values, analysis.digits)
     if check:
         validate(pruned, graph.model)
     after = Graph(pruned)

@@ -35,6 +35,7 @@ AGGREGATIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "prod": np.prod}
 NORMALIZATIONS = ("none", "size", "max", "mean")
 DEFAULT_AGGREGATION = "sum"
 DEFAULT_NORMALIZATION = "mean"
+DEFAULT_BATCH = 16  # calibration samples per batch (Taylor scores each batch, so smaller batches give it more draws)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Criterion:
     unit: Callable[[np.ndarray], np.ndarray] = lambda x: x  # on each member's per-unit mean
     temperature: float = 1.0  # the loss's logits are divided by it
     members: Callable[[Group, object], list[Member]] | None = None  # which members it reads (default: all weights)
+    per_batch: bool = False  # scored on each calibration batch's gradient, per-unit scores averaged over batches
 
 
 def scored_members(group: Group, graph) -> list[Member]:
@@ -109,10 +111,11 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               "L1 for groups without one", lambda w, s: np.abs(w), members=_scales_or_weights),
     Criterion("lamp", "layer-adaptive magnitude score w^2 / sum of larger w^2 (Lee et al. 2021)", lambda w, s: lamp(w)),
     Criterion("random", "uniform random scores (a baseline)", None),
-    # First-order Taylor (Molchanov et al., CVPR 2019): the loss change when a unit's slice is zeroed,
-    # |sum of w * dL/dw| over the slice (here its mean, per member).
-    Criterion("taylor", "|w . dL/dw| over each channel's slice (Molchanov et al. 2019)",
-              lambda w, s: w * s["grad"], needs=("grad",), unit=np.abs),
+    # First-order Taylor (Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR
+    # 2019): the loss change when a unit's slice is zeroed, (sum of w * dL/dw over it)^2 (here the
+    # mean over the slice, per member), on each batch's gradient and averaged over batches.
+    Criterion("taylor", "(w . dL/dw)^2 over each channel's slice, per batch (Molchanov et al. 2019)",
+              lambda w, s: w * s["grad"], needs=("grad",), unit=np.square, per_batch=True),
     # SNIP (Lee et al., ICLR 2019): connection sensitivity |dL/dc| = |w * dL/dw| of each weight.
     Criterion("snip", "connection sensitivity |w * dL/dw| (Lee et al. 2019)",
               lambda w, s: np.abs(w * s["grad"]), needs=("grad",)),
@@ -152,19 +155,24 @@ def check_scoring(criterion: str, aggregate: str, normalize: str) -> Criterion:
     return get_criterion(criterion)
 
 
-def group_scores(group: Group, graph, criterion: Criterion, stats: dict[str, dict[str, np.ndarray]],
-                 aggregate: str = DEFAULT_AGGREGATION, normalize: str = DEFAULT_NORMALIZATION) -> np.ndarray:
-    """A group's per-unit scores from per-weight element scores (steps 1 to 4 of the module doc).
-    `stats`: statistic -> {parameter name -> array in ONNX layout}; missing arrays count as zeros."""
+def member_scores(group: Group, graph, criterion: Criterion, stats: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
+    """(members, units): steps 1 and 2 of the module doc, for the members the criterion reads.
+    `stats`: statistic -> {parameter name -> array in ONNX layout}; a missing array counts as zeros."""
     members = (criterion.members or scored_members)(group, graph)
-    if not members:
-        return np.zeros(group.units)
-    per_member = []
+    rows = []
     for m in members:
         w = graph.value(m.tensor).astype(np.float64)
         tensor_stats = {k: np.asarray(stats[k].get(m.tensor, np.zeros(w.shape)), dtype=np.float64) for k in criterion.needs}
-        per_member.append(criterion.unit(member_unit_scores(m, criterion.element(w, tensor_stats))))
-    return normalized(AGGREGATIONS[aggregate](np.stack(per_member), axis=0), normalize, group.units)
+        rows.append(criterion.unit(member_unit_scores(m, criterion.element(w, tensor_stats))))
+    return np.stack(rows) if rows else np.zeros((0, group.units))
+
+
+def combined(per_member: np.ndarray, aggregate: str, normalize: str) -> np.ndarray:
+    """Steps 3 and 4 of the module doc: over members, then normalized within the group."""
+    units = per_member.shape[1]
+    if len(per_member) == 0:
+        return np.zeros(units)
+    return normalized(AGGREGATIONS[aggregate](per_member, axis=0), normalize, units)
 
 
 def normalized(scores: np.ndarray, how: str, units: int) -> np.ndarray:
@@ -177,33 +185,45 @@ def normalized(scores: np.ndarray, how: str, units: int) -> np.ndarray:
 
 
 def score_groups(analysis: Analysis, criterion: str, seed: int = 0, groups=None, aggregate: str = DEFAULT_AGGREGATION,
-                 normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = 64,
+                 normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
                  progress: bool = False) -> dict[int, np.ndarray]:
     """Scores per unit for each prunable group (or the given groups): higher means more important.
 
     `calib` (an .npz path, a dict of arrays or a spa.calib.Calibration) feeds the criteria that
-    need data; they refuse to run without it, and without labels unless `pseudo_labels` (the
-    model's own predictions stand in for labels)."""
-    crit = check_scoring(criterion, aggregate, normalize)
+    need data, in batches of `batch_size`; they refuse to run without it, and without labels
+    unless `pseudo_labels` (the model's own predictions stand in for labels)."""
+    check_scoring(criterion, aggregate, normalize)
+    table = member_score_table(analysis, criterion, groups, seed, calib, pseudo_labels, batch_size, progress)
+    return {g: combined(per_member, aggregate, normalize) for g, per_member in table.items()}
+
+
+def member_score_table(analysis: Analysis, criterion: str, groups=None, seed: int = 0, calib=None,
+                       pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH, progress: bool = False) -> dict[int, np.ndarray]:
+    """Group id -> (members, units) scores, before aggregation and normalization (steps 1 and 2)."""
+    crit = get_criterion(criterion)
     groups = list(groups if groups is not None else analysis.prunable)
     graph = analysis.graph
-    stats = _statistics(crit, graph, calib, pseudo_labels, batch_size, progress) if crit.needs else {}
     if crit.members is not None and groups and not any(normalization_scales(g, graph) for g in groups):
         raise SpaError(f"criterion '{crit.name}' found no normalization scale in any prunable group (BatchNorm folded "
                        "into the convolutions at export? export with BatchNorm kept, e.g. `spa export --training`)")
-    rng = np.random.default_rng(seed)
-    scores = {}
-    for g in tqdm(groups, desc=f"scoring ({crit.name})", unit="group", disable=not progress, leave=False):
-        if crit.element is None:  # random: one draw per unit, not per weight
-            scores[g.id] = normalized(rng.random(g.units), normalize, g.units)
-        else:
-            scores[g.id] = group_scores(g, graph, crit, stats, aggregate, normalize)
-    return scores
+    if crit.element is None:  # random: one draw per unit, not per weight
+        rng = np.random.default_rng(seed)
+        return {g.id: rng.random((1, g.units)) for g in groups}
+    source = _gradient_source(crit, graph, calib, pseudo_labels, batch_size, progress) if crit.needs else None
+    if crit.per_batch:
+        table = {g.id: 0.0 for g in groups}
+        for weight, grads in source.batch_gradients():
+            for g in groups:
+                table[g.id] = table[g.id] + weight * member_scores(g, graph, crit, {"grad": grads})
+        return table
+    stats = source.statistics(crit.needs) if source else {}
+    return {g.id: member_scores(g, graph, crit, stats)
+            for g in tqdm(groups, desc=f"scoring ({crit.name})", unit="group", disable=not progress, leave=False)}
 
 
-def _statistics(crit: Criterion, graph, calib, pseudo_labels: bool, batch_size: int, progress: bool):
+def _gradient_source(crit: Criterion, graph, calib, pseudo_labels: bool, batch_size: int, progress: bool):
     from .calib import load_calibration
-    from .gradients import gradient_statistics
+    from .gradients import gradient_source
 
     if calib is None:
         raise SpaError(f"criterion '{crit.name}' needs calibration data: give --calib FILE.npz "
@@ -212,4 +232,4 @@ def _statistics(crit: Criterion, graph, calib, pseudo_labels: bool, batch_size: 
     if calibration.labels is None and not pseudo_labels:
         raise SpaError(f"criterion '{crit.name}' needs labels: add a 'labels' array to the calibration data, "
                        "or pass --pseudo-labels to use the model's own predictions as labels")
-    return gradient_statistics(graph, calibration, crit.needs, crit.temperature, pseudo_labels, batch_size, progress)
+    return gradient_source(graph, calibration, crit.temperature, pseudo_labels, batch_size, progress)

@@ -26,27 +26,17 @@ from .graph import Graph
 STATISTICS = ("grad", "fisher", "hessian_grad")
 
 
-def gradient_statistics(graph: Graph, calibration: Calibration, needs, temperature: float = 1.0,
-                        pseudo_labels: bool = False, batch_size: int = 64, progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
-    """statistic -> {parameter name -> array in ONNX layout}, for each statistic in `needs`."""
-    import torch
-
+def gradient_source(graph: Graph, calibration: Calibration, temperature: float = 1.0, pseudo_labels: bool = False,
+                    batch_size: int = 16, progress: bool = False) -> "GradientSource":
+    """The model in torch (every floating-point parameter trainable, see params_as_initializers),
+    ready to compute gradient statistics on the calibration data."""
     from .torch_bridge import TorchConversionError, to_torch
 
     try:
         model = to_torch(params_as_initializers(graph))
     except TorchConversionError as e:
         raise SpaError(f"gradients need the model in PyTorch, and {e}") from None
-    session = _LossSession(model, calibration, temperature, pseudo_labels, batch_size, progress)
-    stats: dict[str, dict[str, np.ndarray]] = {}
-    with torch.enable_grad():
-        if "grad" in needs or "hessian_grad" in needs:
-            stats["grad"] = session.mean_gradient()
-        if "hessian_grad" in needs:
-            stats["hessian_grad"] = session.hessian_gradient(stats["grad"])
-        if "fisher" in needs:
-            stats["fisher"] = session.fisher()
-    return {k: v for k, v in stats.items() if k in needs}
+    return GradientSource(model, calibration, temperature, pseudo_labels, batch_size, progress)
 
 
 def params_as_initializers(graph: Graph) -> onnx.ModelProto:
@@ -70,7 +60,7 @@ def params_as_initializers(graph: Graph) -> onnx.ModelProto:
     return result
 
 
-class _LossSession:
+class GradientSource:
     """The torch module, its trainable parameters, and the loss over calibration batches."""
 
     def __init__(self, model, calibration: Calibration, temperature: float, pseudo_labels: bool, batch_size: int,
@@ -119,17 +109,41 @@ class _LossSession:
         grads = torch.autograd.grad(loss, self.tensors, create_graph=create_graph, allow_unused=True)
         return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self.tensors)]
 
-    def weighted_sum(self, what: str, per_batch) -> dict[str, np.ndarray]:
+    def statistics(self, needs) -> dict[str, dict[str, np.ndarray]]:
+        """statistic -> {parameter name -> array in ONNX layout}, for each statistic in `needs`."""
+        import torch
+
+        stats: dict[str, dict[str, np.ndarray]] = {}
+        with torch.enable_grad():
+            if "grad" in needs or "hessian_grad" in needs:
+                stats["grad"] = self.mean_gradient()
+            if "hessian_grad" in needs:
+                stats["hessian_grad"] = self.hessian_gradient(stats["grad"])
+            if "fisher" in needs:
+                stats["fisher"] = self.fisher()
+        return {k: v for k, v in stats.items() if k in needs}
+
+    def batch_gradients(self, what: str = "gradient", per_batch=None):
+        """For each calibration batch: (its share of the samples, {parameter name -> per_batch(loss)
+        (default: the gradient) in ONNX layout})."""
+        import torch
+
+        with torch.enable_grad():
+            for inputs, labels in self.batches(what):
+                weight = len(next(iter(inputs.values()))) / self.calibration.size
+                grads = (per_batch or self.gradients)(self.loss(inputs, self._labels(labels)))
+                yield weight, self.to_onnx([g.detach() for g in grads])
+
+    def weighted_sum(self, what: str, per_batch=None) -> dict[str, np.ndarray]:
         """sum over batches of (batch size / N) * per_batch(loss), in ONNX layout."""
-        total = None
-        for inputs, labels in self.batches(what):
-            weight = len(next(iter(inputs.values()))) / self.calibration.size
-            terms = [weight * g.detach() for g in per_batch(self.loss(inputs, self._labels(labels)))]
-            total = terms if total is None else [a + b for a, b in zip(total, terms)]
-        return self.to_onnx(total)
+        total: dict[str, np.ndarray] = {}
+        for weight, values in self.batch_gradients(what, per_batch):
+            for name, value in values.items():
+                total[name] = total.get(name, 0) + weight * value
+        return total
 
     def mean_gradient(self) -> dict[str, np.ndarray]:
-        return self.weighted_sum("gradient", self.gradients)
+        return self.weighted_sum("gradient")
 
     def hessian_gradient(self, grad: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

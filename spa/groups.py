@@ -22,8 +22,9 @@ from scipy.sparse.csgraph import connected_components
 
 from .errors import SpaError
 from .graph import Graph
-from .rules import Approximate, Block, Link, NodeView, Role, Summed, Unknown, rule_for
+from .rules import Approximate, Block, Link, NodeView, Requires, Role, Summed, Unknown, rule_for
 from .rules.shape import CARRIERS
+from .symbols import Product
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Analysis:
     graph: Graph
     groups: list[Group]
     carrier: str
+    digits: dict = field(default_factory=dict)  # (tensor, axis) of symbolic size -> its prunable digit
 
     @property
     def prunable(self) -> list[Group]:
@@ -131,7 +133,8 @@ def analyze(model, keep=(), carrier: str = "outer") -> Analysis:
     propagation.run()
     propagation.flag_sums_over_nonzero()
     propagation.keep(keep)
-    return Analysis(graph, propagation.groups(), carrier)
+    digits = {propagation.dims[d]: digit for d, digit in propagation.digits.items()}
+    return Analysis(graph, propagation.groups(), carrier, digits)
 
 
 class _Propagation:
@@ -149,22 +152,30 @@ class _Propagation:
         self.node_ties: dict[int, set[tuple[int, int]]] = {}  # node -> live dims tied at it
         self.sums: list[tuple[int, int, str]] = []  # (node, dim, reason): the dim is summed there
         self.roles: dict[int, set[str]] = {}  # dim -> roles operators gave it
+        self.digits: dict[int, tuple[int, int]] = {}  # dim of symbolic size -> its prunable digit
+        self.requirements: list[tuple[int, Requires]] = []  # (live dim, requirement) checked after the ties
         self.queue: deque[int] = deque()
 
     # ----------------------------------------------------------------- growing the live set
-    def live(self, tensor: str, axis: int) -> int | None:
-        """The id of a live dimension, making it live if needed; None when its size is unknown."""
+    def live(self, tensor: str, axis: int, digit: tuple[int, int] | None = None) -> int | None:
+        """The id of a live dimension, making it live if needed; None when its size is unknown (or
+        a symbolic axis is asked to be split two different ways)."""
         t = self.graph.tensors.get(tensor)
         if t is None or t.shape is None or not -len(t.shape) <= axis < len(t.shape):
             return None
         axis %= len(t.shape)
         key = (tensor, axis)
         if key in self.dim_ids:
-            return self.dim_ids[key]
+            dim = self.dim_ids[key]
+            return dim if digit is None or self.digits.get(dim, digit) == digit else None
         size = t.shape[axis]
         if not isinstance(size, int):
-            return None
+            if digit is None:
+                return None
+            size = digit[1]
         dim = len(self.dims)
+        if digit is not None and not isinstance(t.shape[axis], int):
+            self.digits[dim] = digit
         self.dim_ids[key] = dim
         self.dims.append(key)
         self.sizes.append(size)
@@ -175,6 +186,20 @@ class _Propagation:
         if tensor in self.graph.inputs:
             self.blocks.append((dim, None, f"reaches the graph input '{tensor}'"))
         return dim
+
+    def _digit_of(self, tensor: str, axis: int, live_dim: int) -> tuple[int, int] | None:
+        """The prunable digit of a symbolic axis: its own if live, else the live dimension's when
+        both axes have the same symbolic size (identical axes carry identical digits)."""
+        shape = self.graph.shape(tensor)
+        if shape is None or isinstance(shape[axis], int):
+            return None
+        own = self.dim_ids.get((tensor, axis % len(shape)))
+        if own is not None:
+            return self.digits.get(own)
+        live_tensor, live_axis = self.dims[live_dim]
+        if live_dim in self.digits and Product.of(shape[axis]) == Product.of(self.graph.shape(live_tensor)[live_axis]):
+            return self.digits[live_dim]
+        return None
 
     def seed(self):
         for index, node in enumerate(self.graph.nodes):
@@ -207,6 +232,7 @@ class _Propagation:
         node = self.graph.nodes[index]
         view = NodeView(self.graph, index, self.carrier)
         view.is_live = lambda t, a: (t, a % max(len(self.graph.shape(t) or ()), 1)) in self.dim_ids
+        view.digit_of = lambda t, a: self._digit_of(t, a, dim)
         rule = rule_for(node)
         if rule is None:
             domain = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
@@ -214,7 +240,8 @@ class _Propagation:
             return
         try:
             verdicts = list(rule.links(view, tensor, axis))
-            targets = [self.live(v.tensor, v.axis) if isinstance(v, Link) else None for v in verdicts]
+            targets = [self.live(v.tensor, v.axis, v.digit or self._digit_of(v.tensor, v.axis, dim))
+                       if isinstance(v, Link) else None for v in verdicts]
         except Unknown as e:
             self.blocks.append((dim, None, str(e) if f"'{view.name}'" in str(e) else f"{e} ({node.op_type} '{view.name}')"))
             return
@@ -236,6 +263,8 @@ class _Propagation:
                 self.sums.append((index, dim, verdict.reason))
             elif isinstance(verdict, Role):
                 self.roles.setdefault(dim, set()).add(verdict.name)
+            elif isinstance(verdict, Requires):
+                self.requirements.append((dim, verdict))
 
     def flag_sums_over_nonzero(self):
         """A sum over removed channels equals the zeroed original only if, once their parameters
@@ -280,6 +309,7 @@ class _Propagation:
         element_dim = np.repeat(np.arange(n_dims), sizes)
         element_index = np.arange(total) - np.repeat(np.array(self.offsets[:-1]), sizes)
         labels = self._components(total)
+        self._check_requirements(labels)
         n_labels = int(labels.max()) + 1
         reasons = self._reasons_by_label(labels, self.blocks)
         approximate = self._reasons_by_label(labels, [(d, None, r) for d, r in self.approximations])
@@ -331,6 +361,19 @@ class _Propagation:
         if any("attention" in self.roles.get(d, ()) for d in dims):
             return "heads" if self.carrier == "outer" else "head_dims"
         return "hidden" if approximate else "channels"
+
+    def _check_requirements(self, labels: np.ndarray):
+        """Block each live dimension whose Requires does not hold: some index of the axis is not
+        tied to the same index of every axis it lists."""
+        for dim, need in self.requirements:
+            target = self.dim_ids.get((need.tensor, need.axis % len(self.graph.shape(need.tensor))))
+            others = [self.dim_ids.get((t, a % len(self.graph.shape(t)))) for t, a in need.others]
+            ok = target is not None and all(
+                d is not None and self.sizes[d] == self.sizes[target]
+                and np.array_equal(labels[self.offsets[d]:self.offsets[d + 1]], labels[self.offsets[target]:self.offsets[target + 1]])
+                for d in others)
+            if not ok:
+                self.blocks.append((dim, None, need.reason))
 
     def _components(self, total: int) -> np.ndarray:
         """The connected component of every element under the ties."""

@@ -17,14 +17,17 @@ from onnx import helper, numpy_helper
 from .errors import SpaError
 from .graph import Graph, _check_model, _skeleton
 from .rules import NodeView, Unknown, rule_for
+from .symbols import Product
 
 
 class Edit:
     """The removed indices per dimension, and what rules change on nodes while rewriting."""
 
-    def __init__(self, graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer"):
+    def __init__(self, graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer",
+                 digits: dict | None = None):
         self.graph = graph
         self.carrier = carrier
+        self.digits = digits or {}  # (tensor, axis) of symbolic size -> the (stride, size) digit pruned in it
         self.removed = {k: np.unique(v) for k, v in removed.items() if len(v)}
         self.nodes = [copy.deepcopy(n) for n in graph.nodes]
         self.inserted: dict[int, list[onnx.NodeProto]] = {}  # new nodes, placed before node i
@@ -37,11 +40,21 @@ class Edit:
         return (tensor, axis % max(len(self.graph.shape(tensor) or ()), 1)) in self.removed
 
     def kept(self, tensor: str, axis: int) -> np.ndarray:
-        size = self.graph.shape(tensor)[axis]
-        return np.setdiff1d(np.arange(size), self.removed.get((tensor, axis), []))
+        return np.setdiff1d(np.arange(self._size(tensor, axis)), self.removed.get((tensor, axis), []))
 
-    def new_size(self, tensor: str, axis: int) -> int:
-        return int(self.graph.shape(tensor)[axis]) - len(self.removed.get((tensor, axis), ()))
+    def new_size(self, tensor: str, axis: int):
+        """The axis's size after pruning: an int, or for a symbolic axis its new symbolic size
+        ("3*batch" where "4*batch" lost one of the 4 heads merged into it)."""
+        size = self.graph.shape(tensor)[axis]
+        gone = len(self.removed.get((tensor, axis), ()))
+        if isinstance(size, int):
+            return size - gone
+        digit = self.digits[(tensor, axis)][1]
+        return (Product.of(size) / Product(digit) * Product(digit - gone)).dim
+
+    def _size(self, tensor: str, axis: int) -> int:
+        size = self.graph.shape(tensor)[axis]
+        return size if isinstance(size, int) else self.digits[(tensor, axis)][1]
 
     # ------------------------------------------------------------------ changes rules make
     def unique_name(self, hint: str) -> str:
@@ -91,13 +104,14 @@ class Edit:
 
 
 def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: str = "outer",
-            new_values: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+            new_values: dict[str, np.ndarray] | None = None, digits: dict | None = None) -> onnx.ModelProto:
     """A new model with `removed` indices gone from every listed (tensor, axis).
 
     `new_values` (parameter name -> array in the original shape) replaces parameters before they
     are cut: how a criterion that compensates kept weights (OBSPA) hands over its updates.
+    `digits` (Analysis.digits) says which digit of each symbolic axis the indices count.
     """
-    edit = Edit(graph, removed, carrier)
+    edit = Edit(graph, removed, carrier, digits)
     _prune_params(graph, edit, new_values or {})
     touched = {graph.tensors[t].producer for t, _ in edit.removed} | {
         c for t, _ in edit.removed for c in graph.tensors[t].consumers
@@ -166,8 +180,12 @@ def _resized(value_info: onnx.ValueInfoProto, edit: Edit) -> onnx.ValueInfoProto
     if not new.type.HasField("tensor_type"):
         return new
     for axis, dim in enumerate(new.type.tensor_type.shape.dim):
-        if (new.name, axis) in edit.removed and dim.HasField("dim_value"):
-            dim.dim_value = edit.new_size(new.name, axis)
+        if (new.name, axis) in edit.removed:
+            size = edit.new_size(new.name, axis)
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
     return new
 
 

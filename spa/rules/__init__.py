@@ -6,7 +6,7 @@ channel that reaches them: SPA never assumes an unknown operator passes channels
 """
 from __future__ import annotations
 
-from .base import Approximate, Block, Link, NodeView, Role, Rule, Summed, Unknown
+from .base import Approximate, Block, Link, NodeView, Requires, Role, Rule, Summed, Unknown
 
 _REGISTRY: dict[str, Rule] = {}
 
@@ -35,4 +35,4 @@ def supported_operators() -> list[str]:
 
 from . import attention, elementwise, linear, normalization, pooling, shape  # noqa: E402,F401  (fill the registry)
 
-__all__ = ["Approximate", "Block", "Link", "NodeView", "Role", "Rule", "Summed", "Unknown", "register", "rule_for", "supported_operators"]
+__all__ = ["Approximate", "Block", "Link", "NodeView", "Requires", "Role", "Rule", "Summed", "Unknown", "register", "rule_for", "supported_operators"]

@@ -28,12 +28,17 @@ from onnx import helper
 
 @dataclass
 class Link:
-    """Elements `src` of the live dimension are tied to elements `dst` of (tensor, axis)."""
+    """Elements `src` of the live dimension are tied to elements `dst` of (tensor, axis).
+
+    `digit` is for an axis of symbolic size (a batch merged with heads, "4*batch"): its elements
+    are the values of one digit of the flat index, (stride, size), and the symbolic rest of the
+    axis is never pruned."""
 
     tensor: str
     axis: int
     src: np.ndarray
     dst: np.ndarray
+    digit: tuple[int, int] | None = None
 
 
 @dataclass
@@ -68,7 +73,20 @@ class Role:
     name: str
 
 
-Verdict = Link | Block | Approximate | Summed | Role
+@dataclass
+class Requires:
+    """Index i of (tensor, axis) must end up tied to index i of each of `others`, or the live
+    dimension is blocked with `reason`: a size computed at run time from those axes (the larger
+    of two head counts) follows a prune only if they all shrink together. Checked once every tie
+    is known."""
+
+    tensor: str
+    axis: int
+    others: list[tuple[str, int]]
+    reason: str
+
+
+Verdict = Link | Block | Approximate | Summed | Role | Requires
 
 
 class Unknown(Exception):
@@ -108,6 +126,7 @@ class NodeView:
         self.graph = graph
         self.carrier = carrier  # which digit carries the channels when a reshape splits an axis (spa.rules.shape)
         self.is_live = lambda tensor, axis: False  # set during propagation: is (tensor, axis) live yet
+        self.digit_of = lambda tensor, axis: None  # set during propagation: the digit of a symbolic axis
         self.index = index
         self.node: onnx.NodeProto = graph.nodes[index]
         self.op_type = self.node.op_type
@@ -139,11 +158,16 @@ class NodeView:
         return len(self.shape(tensor))
 
     def size(self, tensor: str, axis: int) -> int:
+        """The number of elements of an axis; for a symbolic axis whose prunable digit is known
+        (see Link.digit), the size of that digit."""
         shape = self.shape(tensor)
         dim = shape[axis]
-        if not isinstance(dim, int):
+        if isinstance(dim, int):
+            return dim
+        digit = self.digit_of(tensor, axis)
+        if digit is None:
             raise Unknown(f"axis {axis} of '{tensor}' has no static size")
-        return dim
+        return digit[1]
 
     def value(self, tensor: str) -> np.ndarray | None:
         return self.graph.value(tensor) if tensor else None

@@ -23,7 +23,7 @@ from onnx import helper
 from . import register
 from ..fold import is_known
 from ..symbols import Product
-from .base import Block, Link, NodeView, Rule, Unknown, normalize_axis, positions, same, shifted
+from .base import Block, Link, NodeView, Requires, Rule, Unknown, normalize_axis, positions, same, shifted
 
 CARRIERS = ("outer", "inner")
 
@@ -76,25 +76,57 @@ def _smaller(a: Product, b: Product) -> bool:
     return a.coefficient < b.coefficient or Counter(b.symbols) != common
 
 
-def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False):
-    """(other_axis, src, dst) tying the live axis to the other side of a row-major reshape.
+def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False,
+                 live_digit: tuple[int, int] | None = None):
+    """(other_axis, src, dst, digit) tying the live axis to the other side of a row-major reshape.
 
     When the live axis splits into several digits, one already live on the other side is taken
-    (a shuffle seen from its far end), otherwise the carrier policy chooses. Returns [] when the
+    (a shuffle seen from its far end), otherwise the carrier policy chooses. An axis of symbolic
+    size ("4*batch": a batch merged with heads) ties by its prunable digit (stride, size), which
+    must sit in the static tail of the merged axes, below every symbolic one. Returns [] when the
     live axis has no partner (it is size 1), and raises Unknown when the live axis lies among dims
     of unknown size or whose digits straddle each other.
     """
     live, other = (list(in_shape), list(out_shape)) if live_is_input else (list(out_shape), list(in_shape))
-    size = live[axis]
-    if size == 1:
+    if live[axis] == 1:
         return []
-    run = next(((la, lb) for la, lb in reshape_segments(live, other) if axis in la), None)
-    live_axes, other_axes = run
+    live_axes, other_axes = next((la, lb) for la, lb in reshape_segments(live, other) if axis in la)
     if len(live_axes) == len(other_axes) == 1:  # the same axis on both sides
-        return [(other_axes[0], np.arange(size), np.arange(size))]
-    live_sizes, other_sizes = [live[a] for a in live_axes], [other[a] for a in other_axes]
-    if not all(isinstance(d, int) for d in live_sizes + other_sizes):
+        size = live_digit[1] if live_digit else live[axis]
+        return [(other_axes[0], np.arange(size), np.arange(size), live_digit)]
+    live_tail, other_tail = _static_tail(live, live_axes), _static_tail(other, other_axes)
+    if live_digit is not None:  # the live axis is symbolic: find its digit in the other side's static tail
+        stride, size = live_digit
+        if len(live_axes) == 1 and other_tail is not None:
+            match = [a for a, s, n in other_tail if (s, n) == (stride, size)]
+            if match:
+                return [(match[0], np.arange(size), np.arange(size), None)]
         raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+    if not all(isinstance(other[a], int) for a in other_axes) or not all(isinstance(live[a], int) for a in live_axes):
+        # a static axis merged below a symbolic one (heads folded into the batch): a digit of it
+        stride = next((s for a, s, n in live_tail or () if a == axis), None)
+        if stride is not None and len(other_axes) == 1:
+            size = live[axis]
+            return [(other_axes[0], np.arange(size), np.arange(size), (stride, size))]
+        raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+    return [(j, src, dst, None) for j, src, dst in _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live)]
+
+
+def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
+    """(axis, stride, size) of the static axes below the last symbolic one of a run; None if a
+    symbolic axis sits below a static one (no digit can be read off then)."""
+    symbolic = [i for i, a in enumerate(axes) if not isinstance(shape[a], int)]
+    tail = axes[symbolic[-1] + 1:] if symbolic else axes
+    if symbolic and symbolic != list(range(len(symbolic))):
+        return None
+    sizes = [shape[a] for a in tail]
+    return list(zip(tail, _strides(sizes), sizes))
+
+
+def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live):
+    """Ties inside a run of static axes: the same digit, a merge or a split (see the module doc)."""
+    live_sizes, other_sizes = [live[a] for a in live_axes], [other[a] for a in other_axes]
+    size = live[axis]
     live_stride = _strides(live_sizes)[live_axes.index(axis)]
     live_top = live_stride * size
     identical, containers, insides = [], [], []
@@ -160,6 +192,14 @@ def _structural_sources(graph, name: str) -> list | None:
             start = normalize_axis(attrs.get("start", 0), rank)
             end = normalize_axis(attrs.get("end", rank), rank) if "end" in attrs else rank
             return [("dim", x, a) for a in range(max(0, start), min(rank, end))]
+    elif node.op_type in ("Max", "Min") and len(node.input) == 2:
+        parts = [shape_sources(graph, n) for n in node.input]
+        if all(p is not None and None not in p for p in parts) and len(parts[0]) == len(parts[1]):
+            return [a if a == b else (node.op_type.lower(), (a, b)) for a, b in zip(*parts)]
+    elif node.op_type == "ReduceProd":
+        parts = shape_sources(graph, node.input[0])
+        if parts is not None and None not in parts and len(node.input) < 2 and length in (1, None):
+            return [("prod", tuple(parts))]  # a product of sizes, e.g. a batch merged with heads
     elif node.op_type == "Gather" and graph.value(node.input[1]) is not None:
         data = shape_sources(graph, node.input[0])
         if data is not None:
@@ -173,19 +213,31 @@ def _structural_sources(graph, name: str) -> list | None:
     return None if length is None else [None] * length
 
 
-def check_shape_entry(view: NodeView, shape_input: int, out_axis: int, identity_input_axis: int | None):
-    """Raise Unknown unless the shape entry for `out_axis` can follow a change of that axis."""
+def check_shape_entry(view: NodeView, shape_input: int, out_axis: int, identity_input_axis: int | None,
+                      merged_input_axis: int | None = None):
+    """Raise Unknown unless the shape entry for `out_axis` can follow a change of that axis; the
+    verdicts (Requires) that must hold for it to follow.
+
+    `merged_input_axis`: the output axis merges that input axis with symbolic ones; an entry that
+    multiplies the input's sizes read at run time, that one among them, follows by itself."""
     name = view.input(shape_input)
     sources = shape_sources(view.graph, name)
     if sources is None or out_axis >= len(sources):
         raise Unknown(f"the shape input of {view.op_type} '{view.name}' is computed at run time")
     entry = sources[out_axis]
+    x = view.inputs[0]
     follows = entry == ("const", -1) or identity_input_axis is not None and (
-        entry == ("dim", view.inputs[0], identity_input_axis) or (entry == ("const", 0) and identity_input_axis == out_axis))
+        entry == ("dim", x, identity_input_axis) or (entry == ("const", 0) and identity_input_axis == out_axis)
+    ) or merged_input_axis is not None and entry is not None and entry[0] == "prod" and (
+        ("dim", x, merged_input_axis) in entry[1] and all(p[0] == "const" or p[1] == x for p in entry[1]))
     if follows:
-        return  # the entry takes the new size by itself
+        return []  # the entry takes the new size by itself
     if entry is not None and entry[0] == "const" and entry[1] != 0 and _rewritable(view.graph, name, out_axis):
-        return
+        return []
+    if entry is not None and entry[0] in ("max", "min") and all(p[0] == "dim" for p in entry[1]):
+        # the larger (smaller) of sizes read at run time: right if they all shrink with this axis
+        return [Requires(view.outputs[0], out_axis, [(p[1], p[2]) for p in entry[1]],
+                         f"entry {out_axis} of the shape of {view.op_type} '{view.name}' reads sizes pruned apart")]
     raise Unknown(f"entry {out_axis} of the shape of {view.op_type} '{view.name}' is computed at run time")
 
 
@@ -275,14 +327,16 @@ class Reshape(Rule):
         live_is_input = tensor == x
         other = y if live_is_input else x
         ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier,
-                            lambda a: view.is_live(other, a))
+                            lambda a: view.is_live(other, a), view.digit_of(tensor, axis))
         verdicts = []
-        for other_axis, src, dst in ties:
+        for other_axis, src, dst, digit in ties:
             out_axis, in_axis = (other_axis, axis) if live_is_input else (axis, other_axis)
             if view.op_type == "Reshape":
-                identity = in_axis if len(src) == len(dst) and view.size(x, in_axis) == view.size(y, out_axis) else None
-                check_shape_entry(view, 1, out_axis, identity)
-            verdicts.append(Link(y if live_is_input else x, other_axis, src, dst))
+                symbolic_out = not isinstance(view.shape(y)[out_axis], int)
+                identity = in_axis if not symbolic_out and len(src) == len(dst) and view.size(x, in_axis) == view.size(
+                    y, out_axis) else None
+                verdicts += check_shape_entry(view, 1, out_axis, identity, in_axis if symbolic_out else None)
+            verdicts.append(Link(y if live_is_input else x, other_axis, src, dst, digit))
         if view.op_type == "Reshape" and live_is_input:
             verdicts += self.copied_sizes(view, axis, [t[0] for t in ties])
         return verdicts
@@ -430,7 +484,9 @@ class Expand(Rule):
         sources = shape_sources(view.graph, view.input(1))
         entry_pos = y_axis - (view.rank(y) - len(sources)) if sources is not None else -1
         if entry_pos >= 0 and sources[entry_pos] != ("const", 1):
-            check_shape_entry(view, 1, entry_pos, None)
+            requirements = check_shape_entry(view, 1, entry_pos, None)
+            if requirements:
+                raise Unknown(f"entry {entry_pos} of the shape of Expand '{view.name}' is computed at run time")
         if not full:
             return []
         return [same(y if tensor == x else x, y_axis if tensor == x else x_axis, view.size(tensor, axis))]
@@ -557,8 +613,12 @@ class SpaceToDepth(BlockRearrangement):
         return np.arange(deep_channels) % (deep_channels // block)
 
 
-# Operators that only move the elements of a shape vector around.
-_SHAPE_MOVES = ("Cast", "Concat", "Gather", "Identity", "Slice", "Squeeze", "Unsqueeze")
+# Operators that only move the elements of a shape vector around (or multiply them together).
+_SHAPE_MOVES = ("Cast", "Concat", "Gather", "Identity", "Max", "Min", "ReduceProd", "Slice", "Squeeze", "Unsqueeze")
+
+
+def _reads(entry, read) -> bool:
+    return entry == read or (entry is not None and entry[0] in ("prod", "max", "min") and read in entry[1])
 
 
 @register("Shape")
@@ -590,14 +650,20 @@ class Shape(Rule):
                 sources = shape_sources(graph, name)
                 if sources is None or None in sources:
                     return False
-                if read not in sources:
+                if not any(_reads(e, read) for e in sources):
                     continue
-                if node.op_type != "Reshape" or node.input[0] != tensor or node.input[1] != name:
+                if node.op_type != "Reshape" or node.input[1] != name:
                     return False
+                if node.input[0] != tensor:  # only a max or min of sizes may be read for another tensor
+                    if any(e == read or e is not None and e[0] == "prod" and read in e[1] for e in sources):
+                        return False
+                    continue
                 ties = reshape_ties(view.shape(tensor), graph.shape(node.output[0]), axis, True, view.carrier)
                 straight = [t[0] for t in ties if len(t[1]) == len(t[2]) == view.size(tensor, axis)]
-                if any(e == read and p not in straight for p, e in enumerate(sources)):
-                    return False
+                merged = [t[0] for t in ties if t[3] is not None]
+                for p, e in enumerate(sources):
+                    if e == read and p not in straight or e is not None and e[0] == "prod" and read in e[1] and p not in merged:
+                        return False  # (a max or min of sizes is checked by the Reshape's own Requires)
         return True
 
 
