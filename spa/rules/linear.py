@@ -136,20 +136,32 @@ class Convolution(Rule):
 
     With group > 1, W's axis 1 runs within one group only, so it cannot shrink: whole groups go
     (for a depthwise Conv, one input channel with its multiplier outputs) and `group` is rewritten.
+    Quantized convolutions carry per-output-channel weight scales and zero points as well.
     """
 
     weight_in_axis: int  # the axis of W that runs over input channels
     weight_out_axis: int  # the axis of W that runs over output channels
+    x_input, w_input, bias_input = 0, 1, 2
+    per_channel_inputs: tuple[int, ...] = ()  # inputs whose axis 0 runs over output channels, when not scalars
+
+    def channel_dims(self, view: NodeView):
+        x, w, b, y = view.input(self.x_input), view.input(self.w_input), view.input(self.bias_input), view.outputs[0]
+        in_dims = [(x, 1), (w, self.weight_in_axis)]
+        out_dims = [(y, 1), (w, self.weight_out_axis)] + ([(b, 0)] if b else [])
+        out_dims += [(view.input(i), 0) for i in self.per_channel_inputs
+                     if view.input(i) and view.rank(view.input(i)) == 1 and view.size(view.input(i), 0) > 1]
+        return in_dims, out_dims
 
     def links(self, view: NodeView, tensor: str, axis: int):
-        x, w, b, y = view.input(0), view.input(1), view.input(2), view.outputs[0]
+        x, w, y = view.input(self.x_input), view.input(self.w_input), view.outputs[0]
         live = (tensor, axis)
         if live in ((x, 0), (y, 0)):
             return [same(y if tensor == x else x, 0, view.size(tensor, 0))]
         groups = view.attr("group", 1)
-        in_dims = [(x, 1), (w, self.weight_in_axis)]
-        out_dims = [(y, 1), (w, self.weight_out_axis)] + ([(b, 0)] if b else [])
+        in_dims, out_dims = self.channel_dims(view)
         if live not in in_dims + out_dims:
+            if tensor not in (x, w, y):
+                return []  # a scale or zero point that holds one value for all channels
             return [Block(f"{view.op_type} '{view.name}' slides over axis {axis} of '{tensor}'")]
         if groups == 1:
             side = in_dims if live in in_dims else out_dims
@@ -161,15 +173,15 @@ class Convolution(Rule):
         return whole_group_links(view, per_group, tensor, axis)
 
     def seeds(self, view: NodeView):
-        return [(view.outputs[0], 1)] if view.graph.is_constant_derived(view.input(1)) else []
+        return [(view.outputs[0], 1)] if view.graph.is_constant_derived(view.input(self.w_input)) else []
 
     def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
         """An output channel is zero when its filter and bias are."""
-        w, b = view.input(1), view.input(2)
+        w, b = view.input(self.w_input), view.input(self.bias_input)
         return axis == 1 and tied_inputs.get((w, self.weight_out_axis), False) and (not b or tied_inputs.get((b, 0), False))
 
     def rewrite(self, view: NodeView, edit):
-        groups, x = view.attr("group", 1), view.input(0)
+        groups, x = view.attr("group", 1), view.input(self.x_input)
         if groups > 1 and edit.changed(x, 1):
             edit.set_attr(view.index, "group", edit.new_size(x, 1) // (view.size(x, 1) // groups))
 
@@ -186,3 +198,22 @@ class ConvTranspose(Convolution):
     """W is (C_in, C_out / group, *kernel)."""
 
     weight_in_axis, weight_out_axis = 0, 1
+
+
+@register("ConvInteger")
+class ConvInteger(Convolution):
+    """Conv on integers: x, w, x_zero_point, w_zero_point (per output channel or one)."""
+
+    weight_in_axis, weight_out_axis = 1, 0
+    bias_input = 99  # none
+    per_channel_inputs = (3,)
+
+
+@register("QLinearConv")
+class QLinearConv(Convolution):
+    """x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B: a quantized
+    Conv whose weight scales and zero points may be per output channel."""
+
+    weight_in_axis, weight_out_axis = 1, 0
+    x_input, w_input, bias_input = 0, 3, 8
+    per_channel_inputs = (4, 5)
