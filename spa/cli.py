@@ -38,10 +38,20 @@ def _human(n: float) -> str:
 
 
 # ----------------------------------------------------------------------------- analyze
+def _check_runs(graph):
+    """A model onnxruntime cannot run is broken (an absurd attribute, say): say so. Models with
+    operators of custom domains are analyzed without this check."""
+    from .runtime import random_inputs, run
+
+    if all(n.domain in ("", "ai.onnx", "com.microsoft") for n in graph.nodes) and graph.path:
+        run(graph.path, random_inputs(graph.model, batch=1))
+
+
 def cmd_analyze(args) -> int:
     from .groups import analyze
 
     analysis = analyze(args.model, keep=args.keep, carrier=args.carrier)
+    _check_runs(analysis.graph)
     rows = []
     for g in analysis.groups:
         params = g.params
@@ -73,6 +83,9 @@ def cmd_analyze(args) -> int:
 
 
 # ----------------------------------------------------------------------------- prune
+DEFAULT_RATIO = 0.3
+
+
 def cmd_prune(args) -> int:
     from .api import prune
     from .io import check_output_path, save_model
@@ -81,15 +94,24 @@ def cmd_prune(args) -> int:
     output = check_output_path(args.output, protected=[args.model])
     if args.report:
         check_output_path(args.report, protected=[args.model, output])
+    targets = {"ratio": args.ratio, "target_flops": args.target_flops, "target_params": args.target_params}
+    if all(v is None for v in targets.values()):
+        targets["ratio"] = DEFAULT_RATIO
     pruned, report = prune(
-        args.model, ratio=args.ratio, criterion=args.criterion, scope=args.scope, round_to=args.round_to,
-        keep=args.keep, max_ratio=args.max_ratio, carrier=args.carrier, seed=args.seed, exact=args.exact,
+        args.model, criterion=args.criterion, scope=args.scope, round_to=args.round_to, keep=args.keep,
+        max_ratio=args.max_ratio, carrier=args.carrier, seed=args.seed, exact=args.exact, steps=args.steps,
+        isomorphic=args.isomorphic, aggregate=args.aggregate, normalize=args.normalize, calib=args.calib,
+        pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=True, **targets,
     )
     if not args.no_latency:
         feeds = random_inputs(pruned, batch=1)
         report.latency = {"before": latency(args.model, feeds), "after": latency(pruned, feeds)}
     save_model(pruned, output, protected=[args.model])
     print(prune_table(report))
+    for kind, label, before, after in (("target_flops", "FLOPs", report.flops_before, report.flops_after),
+                                       ("target_params", "parameters", report.params_before, report.params_after)):
+        if targets[kind] is not None and before:
+            print(f"\n{label}: {after / before:.3f} of the original (target {targets[kind]:g})")
     if report.blocked:
         print(f"\n{len(report.blocked)} group(s) left whole because they are blocked (run `spa analyze` for reasons)")
     if report.approximate:
@@ -258,7 +280,8 @@ def _ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .criteria import CRITERIA
+    from .criteria import (AGGREGATIONS, CRITERIA, DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION,
+                           NORMALIZATIONS)
     from .rules.shape import CARRIERS
     from .targets import SCOPES
 
@@ -282,11 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove channels and write a smaller ONNX model")
     common(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of channels to remove, in [0, 1) (default 0.3)")
-    p.add_argument("--criterion", default="l1", help=f"importance criterion: {', '.join(sorted(CRITERIA))} (default l1)")
-    p.add_argument("--scope", choices=SCOPES, default="local",
-                   help="local: the ratio in every group; global: the ratio over all channels, ranked together")
-    p.add_argument("--max-ratio", type=_ratio, default=0.9, help="global scope: most a group may lose (default 0.9)")
+    p.add_argument("--ratio", type=_ratio, default=None,
+                   help=f"fraction of channels to remove, in [0, 1) (default {DEFAULT_RATIO} when no target is given)")
+    p.add_argument("--target-flops", type=_ratio, default=None, metavar="F",
+                   help="prune until FLOPs are F times the original's, F in (0, 1] (e.g. 0.5)")
+    p.add_argument("--target-params", type=_ratio, default=None, metavar="P",
+                   help="prune until parameters are P times the original's, P in (0, 1]")
+    p.add_argument("--steps", type=int, default=1, metavar="N",
+                   help="prune in N rounds toward the ratio or target, re-scoring the pruned model between rounds")
+    p.add_argument("--criterion", default="l1", help=f"importance criterion: {', '.join(CRITERIA)} (default l1)")
+    p.add_argument("--aggregate", default=DEFAULT_AGGREGATION,
+                   help=f"how a channel's scores on a group's members combine: {', '.join(AGGREGATIONS)} "
+                        f"(default {DEFAULT_AGGREGATION})")
+    p.add_argument("--normalize", default=DEFAULT_NORMALIZATION,
+                   help=f"how scores are scaled within each group before groups are compared: "
+                        f"{', '.join(NORMALIZATIONS)} (default {DEFAULT_NORMALIZATION})")
+    p.add_argument("--calib", metavar="FILE.npz",
+                   help="calibration data for taylor, snip, obd, grasp, crop: an array per model input (by name) "
+                        "and 'labels'")
+    p.add_argument("--pseudo-labels", action="store_true",
+                   help="without 'labels' in --calib, use the model's own predictions as labels")
+    p.add_argument("--calib-batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                   help=f"calibration samples per batch (default {DEFAULT_BATCH})")
+    p.add_argument("--scope", choices=SCOPES, default=None,
+                   help="local: the same ratio in every group; global: all channels ranked together (default: "
+                        "local for --ratio, global for a target)")
+    p.add_argument("--isomorphic", action="store_true",
+                   help="global scope: rank channels only against groups of the same structure")
+    p.add_argument("--max-ratio", type=_ratio, default=0.9,
+                   help="global scope and targets: most of its channels a group may lose (default 0.9)")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
     p.add_argument("--exact", action="store_true", help="prune only groups whose removal is exact (no normalization over them)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random criterion")

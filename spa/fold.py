@@ -222,7 +222,10 @@ def fold_shapes(model: onnx.ModelProto, shapes: dict,
     for node in graph.node:
         if node.op_type in _KEEP or node.op_type in _RANDOM:
             continue
-        partial.evaluate(node)
+        try:
+            partial.evaluate(node)
+        except (ArithmeticError, ValueError, TypeError, IndexError, KeyError):
+            continue  # arithmetic this pass cannot follow stays for run time
         for out in node.output:
             value = partial.full(out) if out else None
             if value is None or value.size > MAX_ELEMENTS or out in graph_outputs:

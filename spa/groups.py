@@ -245,6 +245,12 @@ class _Propagation:
         except Unknown as e:
             self.blocks.append((dim, None, str(e) if f"'{view.name}'" in str(e) else f"{e} ({node.op_type} '{view.name}')"))
             return
+        except (ArithmeticError, ValueError, TypeError, IndexError, KeyError) as e:
+            # an attribute or shape the rule cannot make sense of (a group of 0, a size that does
+            # not divide): the channels stay, whatever the operator does
+            self.blocks.append((dim, None, f"{node.op_type} '{view.name}' has attributes or shapes SPA cannot read "
+                                           f"({type(e).__name__})"))
+            return
         for verdict, target in zip(verdicts, targets):
             if isinstance(verdict, Link):
                 if target is None:

@@ -1,6 +1,7 @@
 """onnxruntime: sessions, random inputs shaped like the model's, and latency measurement."""
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -9,7 +10,7 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import SpaError
 
@@ -18,9 +19,16 @@ _IN_MEMORY_LIMIT = 1_800_000_000
 
 
 def session(model, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session for a ModelProto or a path; SpaError if onnxruntime refuses it."""
+    """An onnxruntime CPU session for a ModelProto or a path; SpaError if onnxruntime refuses it.
+
+    A bfloat16 model runs as the same graph in float32: onnxruntime's CPU kernels take no bfloat16.
+    """
+    if not isinstance(model, onnx.ModelProto) and has_bfloat16(onnx.load(os.fspath(model), load_external_data=False)):
+        model = onnx.load(os.fspath(model))
+    if isinstance(model, onnx.ModelProto) and has_bfloat16(model):
+        model = as_float32(model)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as SpaError, not as onnxruntime log lines
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -34,6 +42,35 @@ def session(model, threads: int | None = None) -> ort.InferenceSession:
         return ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise SpaError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def has_bfloat16(model: onnx.ModelProto) -> bool:
+    return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in model.graph.initializer) or any(
+        vi.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for vi in list(model.graph.input) + list(model.graph.output))
+
+
+def as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph computing in float32 where it computed in bfloat16 (for running it here)."""
+    bf16, f32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+    model = copy.deepcopy(model)
+    graph = model.graph
+
+    def widened(tensor):
+        return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+    for i, t in enumerate(graph.initializer):
+        if t.data_type == bf16:
+            graph.initializer[i].CopyFrom(widened(t))
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.tensor_type.elem_type == bf16:
+            vi.type.tensor_type.elem_type = f32
+    for node in graph.node:
+        for a in node.attribute:
+            if a.name == "to" and a.i == bf16:
+                a.i = f32
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == bf16:
+                a.t.CopyFrom(widened(a.t))
+    return model
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -66,9 +103,14 @@ def random_inputs(model: onnx.ModelProto, batch: int = 2, other_dims: int = 4, s
 def run(model, feeds: dict[str, np.ndarray], sess: ort.InferenceSession | None = None) -> list[np.ndarray]:
     sess = sess or session(model)
     try:
-        return sess.run(None, feeds)
+        return sess.run(None, _feedable(feeds))
     except Exception as e:
         raise SpaError(f"onnxruntime failed to run the model: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def _feedable(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """bfloat16 feeds as float32, for the float32 graph a bfloat16 model runs as (see session)."""
+    return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v for k, v in feeds.items()}
 
 
 def latency(model, feeds: dict[str, np.ndarray] | None = None, warmup: int = 5, repeats: int = 30,
@@ -77,6 +119,7 @@ def latency(model, feeds: dict[str, np.ndarray] | None = None, warmup: int = 5, 
     sess = session(model, threads)
     if feeds is None:
         feeds = random_inputs(model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False), batch=1)
+    feeds = _feedable(feeds)
     for _ in range(warmup):
         sess.run(None, feeds)
     times = []
