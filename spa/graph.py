@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import io
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 
@@ -310,8 +311,7 @@ def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str
     shapes = _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
     produced = [o for node in model.graph.node for o in node.output if o]
     settled = all(_fully_known(shapes.get(name, (None, 0))[0]) for name in produced)
-    symbolic = {} if settled else _shapes_from(
-        _run_inference(lambda: _symbolic_shape_inference().infer_shapes(skeleton, auto_merge=True)))
+    symbolic = {} if settled else _shapes_from(_run_inference(lambda: _symbolic_shapes(skeleton)))
     for name, (shape, elem_type) in symbolic.items():
         if name not in shapes or _information(shape) > _information(shapes[name][0]):
             shapes[name] = (shape, elem_type or shapes.get(name, (None, 0))[1])
@@ -335,6 +335,26 @@ def _symbolic_shape_inference():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SymbolicShapeInference
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic inference, keeping what it found even where it stops short.
+
+    Its `infer_shapes` raises when any tensor stays open and, before raising, saves a debug model
+    into the working directory; its steps are run here instead (in a scratch directory, should
+    they change), so nothing is ever written next to the user's files.
+    """
+    inference_class = _symbolic_shape_inference()
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        try:
+            inference = inference_class(2**31 - 1, True, False, 0)
+            inference._preprocess(model)
+            while inference.run_:
+                inference._infer_impl()
+            inference._update_output_from_vi()
+            return inference.out_mp_
+        except AttributeError:  # another onnxruntime: its public call, whole or nothing
+            return inference_class.infer_shapes(model, auto_merge=True)
 
 
 def _run_inference(infer) -> onnx.ModelProto | None:
