@@ -213,32 +213,37 @@ def _structural_sources(graph, name: str) -> list | None:
     return None if length is None else [None] * length
 
 
-def check_shape_entry(view: NodeView, shape_input: int, out_axis: int, identity_input_axis: int | None,
-                      merged_input_axis: int | None = None):
-    """Raise Unknown unless the shape entry for `out_axis` can follow a change of that axis; the
-    verdicts (Requires) that must hold for it to follow.
+def check_shape_entry(view: NodeView, shape_input: int, position: int, identity_input_axis: int | None,
+                      merged_input_axis: int | None = None, out_axis: int | None = None):
+    """The verdicts (Requires) under which the shape entry at `position` follows a change of the
+    output axis `out_axis` (default: the same number); Unknown if it cannot follow.
 
-    `merged_input_axis`: the output axis merges that input axis with symbolic ones; an entry that
-    multiplies the input's sizes read at run time, that one among them, follows by itself."""
+    An entry follows by itself when it is -1, or copies the size of the input axis that maps
+    straight to this one (`identity_input_axis`), or multiplies sizes read from the input among
+    which the axis merged here (`merged_input_axis`). A constant is rewritten. A size read from
+    another tensor, or the larger or smaller of such sizes, follows if those axes shrink with this
+    one: that is required, and checked once every tie is known."""
+    out_axis = position if out_axis is None else out_axis
     name = view.input(shape_input)
     sources = shape_sources(view.graph, name)
-    if sources is None or out_axis >= len(sources):
+    if sources is None or position >= len(sources):
         raise Unknown(f"the shape input of {view.op_type} '{view.name}' is computed at run time")
-    entry = sources[out_axis]
+    entry = sources[position]
     x = view.inputs[0]
     follows = entry == ("const", -1) or identity_input_axis is not None and (
-        entry == ("dim", x, identity_input_axis) or (entry == ("const", 0) and identity_input_axis == out_axis)
+        entry == ("dim", x, identity_input_axis) or (entry == ("const", 0) and identity_input_axis == position)
     ) or merged_input_axis is not None and entry is not None and entry[0] == "prod" and (
         ("dim", x, merged_input_axis) in entry[1] and all(p[0] == "const" or p[1] == x for p in entry[1]))
     if follows:
         return []  # the entry takes the new size by itself
-    if entry is not None and entry[0] == "const" and entry[1] != 0 and _rewritable(view.graph, name, out_axis):
+    if entry is not None and entry[0] == "const" and entry[1] != 0 and _rewritable(view.graph, name, position):
         return []
-    if entry is not None and entry[0] in ("max", "min") and all(p[0] == "dim" for p in entry[1]):
-        # the larger (smaller) of sizes read at run time: right if they all shrink with this axis
-        return [Requires(view.outputs[0], out_axis, [(p[1], p[2]) for p in entry[1]],
-                         f"entry {out_axis} of the shape of {view.op_type} '{view.name}' reads sizes pruned apart")]
-    raise Unknown(f"entry {out_axis} of the shape of {view.op_type} '{view.name}' is computed at run time")
+    reads = [entry] if entry is not None and entry[0] == "dim" else (
+        list(entry[1]) if entry is not None and entry[0] in ("max", "min") else None)
+    if reads and all(p[0] == "dim" for p in reads):
+        return [Requires(view.outputs[0], out_axis, [(p[1], p[2]) for p in reads],
+                         f"entry {position} of the shape of {view.op_type} '{view.name}' reads a size pruned apart")]
+    raise Unknown(f"entry {position} of the shape of {view.op_type} '{view.name}' is computed at run time")
 
 
 def _shape_concat(graph, name: str):
@@ -483,13 +488,12 @@ class Expand(Rule):
         full = x_axis >= 0 and view.size(x, x_axis) == view.size(y, y_axis)
         sources = shape_sources(view.graph, view.input(1))
         entry_pos = y_axis - (view.rank(y) - len(sources)) if sources is not None else -1
+        requirements = []
         if entry_pos >= 0 and sources[entry_pos] != ("const", 1):
-            requirements = check_shape_entry(view, 1, entry_pos, None)
-            if requirements:
-                raise Unknown(f"entry {entry_pos} of the shape of Expand '{view.name}' is computed at run time")
+            requirements = check_shape_entry(view, 1, entry_pos, None, out_axis=y_axis)
         if not full:
-            return []
-        return [same(y if tensor == x else x, y_axis if tensor == x else x_axis, view.size(tensor, axis))]
+            return requirements
+        return [same(y if tensor == x else x, y_axis if tensor == x else x_axis, view.size(tensor, axis))] + requirements
 
     def rewrite(self, view: NodeView, edit):
         y = view.outputs[0]
@@ -623,25 +627,21 @@ def _reads(entry, read) -> bool:
 
 @register("Shape")
 class Shape(Rule):
-    """Reading a tensor's shape is harmless unless the size of the pruned axis is used, at run time,
-    anywhere but in a Reshape that maps that very axis straight through (e.g. flatten(2) written as
-    Reshape(x, Concat(Shape(x)[:2], [-1])))."""
+    """Reading a tensor's shape is harmless unless the size of the pruned axis is used at run time.
+    It may be used by a Reshape or Expand whose output axis it sizes, if that axis is pruned along
+    with it (required, and checked once every tie is known); anywhere else it blocks."""
 
     def links(self, view: NodeView, tensor: str, axis: int):
-        if not self.reads_ok(view, tensor, axis):
-            return [Block(f"the size of axis {axis} of '{tensor}' is read at run time by Shape '{view.name}'")]
-        return []
-
-    def reads_ok(self, view: NodeView, tensor: str, axis: int) -> bool:
         graph, read = view.graph, ("dim", tensor, axis)
-        pending, seen = [view.outputs[0]], set()
+        blocked = [Block(f"the size of axis {axis} of '{tensor}' is read at run time by Shape '{view.name}'")]
+        verdicts, pending, seen = [], [view.outputs[0]], set()
         while pending:
             name = pending.pop()
             if name in seen:
                 continue
             seen.add(name)
             if name in graph.outputs:
-                return False
+                return blocked
             for index in graph.tensors[name].consumers:
                 node = graph.nodes[index]
                 if node.op_type in _SHAPE_MOVES:
@@ -649,22 +649,30 @@ class Shape(Rule):
                     continue
                 sources = shape_sources(graph, name)
                 if sources is None or None in sources:
-                    return False
-                if not any(_reads(e, read) for e in sources):
+                    return blocked
+                reading = [p for p, e in enumerate(sources) if _reads(e, read)]
+                if not reading:
                     continue
-                if node.op_type != "Reshape" or node.input[1] != name:
-                    return False
-                if node.input[0] != tensor:  # only a max or min of sizes may be read for another tensor
-                    if any(e == read or e is not None and e[0] == "prod" and read in e[1] for e in sources):
-                        return False
-                    continue
-                ties = reshape_ties(view.shape(tensor), graph.shape(node.output[0]), axis, True, view.carrier)
-                straight = [t[0] for t in ties if len(t[1]) == len(t[2]) == view.size(tensor, axis)]
-                merged = [t[0] for t in ties if t[3] is not None]
-                for p, e in enumerate(sources):
-                    if e == read and p not in straight or e is not None and e[0] == "prod" and read in e[1] and p not in merged:
-                        return False  # (a max or min of sizes is checked by the Reshape's own Requires)
-        return True
+                if node.op_type not in ("Reshape", "Expand") or node.input[1] != name:
+                    return blocked
+                out = node.output[0]
+                shift = len(graph.shape(out)) - len(sources)
+                for p in reading:
+                    if not self.follows_itself(view, node, sources[p], p, tensor, axis):
+                        verdicts.append(Requires(out, p + shift, [(tensor, axis)],
+                                                 f"the size of axis {axis} of '{tensor}' is read at run time by Shape "
+                                                 f"'{view.name}' for {node.op_type} '{graph.node_name(index)}', "
+                                                 "which does not prune along"))
+        return verdicts
+
+    def follows_itself(self, view: NodeView, node, entry, position: int, tensor: str, axis: int) -> bool:
+        """A Reshape of the read tensor itself, whose output axis there is the read axis (or merges it)."""
+        if node.op_type != "Reshape" or node.input[0] != tensor:
+            return False
+        ties = reshape_ties(view.shape(tensor), view.graph.shape(node.output[0]), axis, True, view.carrier)
+        if entry == ("dim", tensor, axis):
+            return any(t[0] == position and len(t[1]) == len(t[2]) == view.size(tensor, axis) for t in ties)
+        return entry[0] == "prod" and any(t[0] == position and t[3] is not None for t in ties)
 
 
 __all__ = ["CARRIERS"]
