@@ -55,7 +55,10 @@ class Lineage:
             if (tensor, axis) not in self.alive:
                 # First cut: the dimension is as in the original (or new, made by a rewrite).
                 source = self.original.graph if tensor in self.original.graph.tensors else graph
-                self.alive[(tensor, axis)] = np.arange(source.shape(tensor)[axis])
+                size = source.shape(tensor)[axis]
+                if not isinstance(size, int):  # a symbolic axis pruned by its digit (see Analysis.digits)
+                    size = self.original.digits[(tensor, axis)][1]
+                self.alive[(tensor, axis)] = np.arange(size)
             self.alive[(tensor, axis)] = np.delete(self.alive[(tensor, axis)], indices)
 
     def removed_units(self) -> dict[int, np.ndarray]:

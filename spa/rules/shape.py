@@ -77,11 +77,12 @@ def _smaller(a: Product, b: Product) -> bool:
 
 
 def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False,
-                 live_digit: tuple[int, int] | None = None):
+                 live_digit: tuple[int, int] | None = None, taken_apart=lambda axis: False):
     """(other_axis, src, dst, digit) tying the live axis to the other side of a row-major reshape.
 
     When the live axis splits into several digits, one already live on the other side is taken
-    (a shuffle seen from its far end), otherwise the carrier policy chooses. An axis of symbolic
+    (a shuffle seen from its far end), otherwise the carrier policy chooses among those not taken
+    apart right after (a fused q/k/v axis that is sliced into q, k and v is not the heads). An axis of symbolic
     size ("4*batch": a batch merged with heads) ties by its prunable digit (stride, size), which
     must sit in the static tail of the merged axes, below every symbolic one. Returns [] when the
     live axis has no partner (it is size 1), and raises Unknown when the live axis lies among dims
@@ -109,7 +110,28 @@ def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: s
             size = live[axis]
             return [(other_axes[0], np.arange(size), np.arange(size), (stride, size))]
         raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
-    return [(j, src, dst, None) for j, src, dst in _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live)]
+    return [(j, src, dst, None) for j, src, dst in
+            _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart)]
+
+
+def _taken_apart(graph, tensor: str, axis: int, depth: int = 4) -> bool:
+    """Whether the axis is cut into its separate indices right after (looking through moves of
+    axes): sliced, split or gathered along, as a fused q/k/v axis is."""
+    for index in graph.tensors[tensor].consumers if depth else ():
+        node = graph.nodes[index]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = len(graph.shape(tensor) or ())
+        if node.op_type in ("Split", "Gather") and normalize_axis(attrs.get("axis", 0), max(rank, 1)) == axis:
+            return True
+        if node.op_type == "Slice":
+            axes = graph.value(node.input[3]) if len(node.input) > 3 and node.input[3] else range(rank)
+            if axes is not None and axis in [normalize_axis(int(a), rank) for a in axes]:
+                return True
+        if node.op_type == "Transpose" and _taken_apart(graph, node.output[0], list(attrs["perm"]).index(axis), depth - 1):
+            return True
+        if node.op_type in ("Identity", "Cast") and _taken_apart(graph, node.output[0], axis, depth - 1):
+            return True
+    return False
 
 
 def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
@@ -123,7 +145,7 @@ def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
     return list(zip(tail, _strides(sizes), sizes))
 
 
-def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live):
+def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart):
     """Ties inside a run of static axes: the same digit, a merge or a split (see the module doc)."""
     live_sizes, other_sizes = [live[a] for a in live_axes], [other[a] for a in other_axes]
     size = live[axis]
@@ -145,7 +167,7 @@ def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live):
         positions_ = np.arange(n)
         return [(j, (positions_ * s // live_stride) % size, positions_)]
     if insides:  # the live axis splits into several digits: one of them carries the channels
-        candidates = [k for k in insides if is_live(k[0])] or insides
+        candidates = [k for k in insides if is_live(k[0])] or [k for k in insides if not taken_apart(k[0])] or insides
         j, s, n = (max if carrier == "outer" else min)(candidates, key=lambda k: k[1])
         return [(j, live_idx, (live_idx * live_stride // s) % n)]
     raise Unknown("the reshape mixes the pruned axis with others")
@@ -332,15 +354,17 @@ class Reshape(Rule):
         live_is_input = tensor == x
         other = y if live_is_input else x
         ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier,
-                            lambda a: view.is_live(other, a), view.digit_of(tensor, axis))
+                            lambda a: view.is_live(other, a), view.digit_of(tensor, axis),
+                            lambda a: _taken_apart(view.graph, other, a))
         verdicts = []
         for other_axis, src, dst, digit in ties:
             out_axis, in_axis = (other_axis, axis) if live_is_input else (axis, other_axis)
             if view.op_type == "Reshape":
-                symbolic_out = not isinstance(view.shape(y)[out_axis], int)
-                identity = in_axis if not symbolic_out and len(src) == len(dst) and view.size(x, in_axis) == view.size(
-                    y, out_axis) else None
-                verdicts += check_shape_entry(view, 1, out_axis, identity, in_axis if symbolic_out else None)
+                in_size, out_size = view.shape(x)[in_axis], view.shape(y)[out_axis]
+                static = isinstance(in_size, int) and isinstance(out_size, int)
+                identity = in_axis if static and in_size == out_size and len(src) == len(dst) else None
+                merged = in_axis if not isinstance(out_size, int) else None
+                verdicts += check_shape_entry(view, 1, out_axis, identity, merged)
             verdicts.append(Link(y if live_is_input else x, other_axis, src, dst, digit))
         if view.op_type == "Reshape" and live_is_input:
             verdicts += self.copied_sizes(view, axis, [t[0] for t in ties])
