@@ -166,12 +166,19 @@ def zoo_frameworks() -> dict:
     """framework -> (zoo registry loader, zoo exporter), imported only when asked for."""
     def torch_zoo():
         from models_zoo.torch_models import TORCH_ZOO, TORCH_ZOO_LARGE
+        from models_zoo.transformer_models import TRANSFORMER_ZOO
 
-        return {**TORCH_ZOO, **TORCH_ZOO_LARGE}
+        return {**TORCH_ZOO, **TORCH_ZOO_LARGE, **TRANSFORMER_ZOO}
 
     def torch_export(name, output, args):
         from frontends.torch import export_zoo
+        from models_zoo.transformer_models import TRANSFORMER_ZOO, export_transformer
 
+        if name in TRANSFORMER_ZOO:
+            try:
+                return export_transformer(name, output, exporter=args.exporter, training=args.training)
+            except ValueError as e:  # an exporter that does not work for this model
+                raise SpaError(str(e)) from None
         return export_zoo(name, output, exporter=args.exporter, training=args.training)
 
     def keras_zoo():

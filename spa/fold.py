@@ -166,6 +166,11 @@ class _Partial:
         arrays = np.broadcast_arrays(*data)
         known = np.logical_and.reduce([np.vectorize(is_known, otypes=[bool])(a) for a in arrays])
         out = np.full(arrays[0].shape, None, dtype=object)
+        if op == "Equal":  # a size is never negative: a size known by name is not -1
+            for index in np.ndindex(arrays[0].shape):
+                a, b = (arr[index] for arr in arrays)
+                if isinstance(a, Symbol) and is_known(b) and b < 0 or isinstance(b, Symbol) and is_known(a) and a < 0:
+                    out[index] = False
         if op in ("Mul", "Div"):  # sizes known by name multiply and divide as products
             for index in np.ndindex(arrays[0].shape):
                 entries = [Product.of(a[index]) for a in arrays]

@@ -214,6 +214,14 @@ def _structural_sources(graph, name: str) -> list | None:
             start = normalize_axis(attrs.get("start", 0), rank)
             end = normalize_axis(attrs.get("end", rank), rank) if "end" in attrs else rank
             return [("dim", x, a) for a in range(max(0, start), min(rank, end))]
+    elif node.op_type == "Reshape" and graph.value(node.input[1]) is not None and graph.value(node.input[1]).size == 1:
+        return shape_sources(graph, node.input[0])  # a shape vector re-viewed as itself
+    elif node.op_type == "Where" and _known_condition(graph, node.input[0]) is not None:
+        choice = _known_condition(graph, node.input[0])
+        branches = [shape_sources(graph, n) for n in node.input[1:]]
+        if all(b is not None for b in branches):
+            branches = [b * len(choice) if len(b) == 1 else b for b in branches]
+            return [branches[0][i] if c is True else branches[1][i] if c is False else None for i, c in enumerate(choice)]
     elif node.op_type in ("Max", "Min") and len(node.input) == 2:
         parts = [shape_sources(graph, n) for n in node.input]
         if all(p is not None and None not in p for p in parts) and len(parts[0]) == len(parts[1]):
@@ -233,6 +241,15 @@ def _structural_sources(graph, name: str) -> list | None:
         if data is not None:
             return data[int(bounds[0][0]):int(bounds[1][0]):int(steps[0])]
     return None if length is None else [None] * length
+
+
+def _known_condition(graph, name: str) -> list | None:
+    """A boolean vector's entries where known ahead (True/False), else None per entry."""
+    value = graph.value(name)
+    if value is not None:
+        return [bool(v) for v in value.reshape(-1)]
+    partial = graph.partial_values.get(name)
+    return None if partial is None else [v if isinstance(v, (bool, np.bool_)) else None for v in partial.reshape(-1)]
 
 
 def check_shape_entry(view: NodeView, shape_input: int, position: int, identity_input_axis: int | None,
@@ -258,7 +275,7 @@ def check_shape_entry(view: NodeView, shape_input: int, position: int, identity_
         ("dim", x, merged_input_axis) in entry[1] and all(p[0] == "const" or p[1] == x for p in entry[1]))
     if follows:
         return []  # the entry takes the new size by itself
-    if entry is not None and entry[0] == "const" and entry[1] != 0 and _rewritable(view.graph, name, position):
+    if entry is not None and entry[0] == "const" and entry[1] != 0 and _rewritable(view.graph, name):
         return []
     reads = [entry] if entry is not None and entry[0] == "dim" else (
         list(entry[1]) if entry is not None and entry[0] in ("max", "min") else None)
@@ -268,81 +285,52 @@ def check_shape_entry(view: NodeView, shape_input: int, position: int, identity_
     raise Unknown(f"entry {position} of the shape of {view.op_type} '{view.name}' is computed at run time")
 
 
-def _shape_concat(graph, name: str):
-    """The Concat that assembles a computed shape (looking through Cast and Identity), and the
-    Cast/Identity nodes passed on the way, outermost first; (None, []) if there is none."""
-    wrappers = []
-    producer = graph.tensors[name].producer
-    while producer is not None and graph.nodes[producer].op_type in ("Cast", "Identity"):
-        wrappers.append(graph.nodes[producer])
-        producer = graph.tensors[graph.nodes[producer].input[0]].producer
-    if producer is None or graph.nodes[producer].op_type != "Concat":
-        return None, []
-    return graph.nodes[producer], wrappers
+def _rebuildable(entry) -> bool:
+    """An entry SPA can compute again: a constant, a size read at run time, or their product."""
+    return entry is not None and (entry[0] in ("const", "dim") or (entry[0] == "prod" and all(_rebuildable(p) for p in entry[1])))
 
 
-def _all_const(sources) -> bool:
-    return sources is not None and all(s is not None and s[0] == "const" for s in sources)
-
-
-def _rewritable(graph, name: str, position: int) -> bool:
-    """Whether rewrite_shape_input can change this entry: the whole shape is known ahead, or it is
-    a Concat whose piece holding the entry is."""
-    if _all_const(shape_sources(graph, name)):
-        return True
-    concat, _ = _shape_concat(graph, name)
-    offset = 0
-    for piece in concat.input if concat is not None else []:
-        piece_sources = shape_sources(graph, piece) or []
-        if offset <= position < offset + len(piece_sources):
-            return _all_const(piece_sources)
-        offset += len(piece_sources)
-    return False
-
-
-def _with_entries(sources: list, new_entries: dict[int, int], dtype=np.int64) -> np.ndarray:
-    """The constant entries of `sources`, with `new_entries` (position -> value) applied."""
-    values = np.array([s[1] for s in sources], dtype=dtype)
-    for pos, v in new_entries.items():
-        values[pos] = v
-    return values
+def _rewritable(graph, name: str) -> bool:
+    """Whether rewrite_shape_input can rebuild this shape: every entry is known or read at run time."""
+    sources = shape_sources(graph, name)
+    return sources is not None and all(_rebuildable(e) for e in sources)
 
 
 def rewrite_shape_input(view: NodeView, edit, shape_input: int, new_entries: dict[int, int]):
     """Give the node a shape input whose entries `new_entries` (position -> value) are replaced.
 
-    A shape known in full becomes a new constant. A shape concatenated from pieces, some computed at
-    run time, gets a new Concat (and the Casts that followed it) whose changed pieces are new
-    constants of the piece's type. Shared tensors are never modified in place.
+    A shape known in full becomes a new constant. A shape computed at run time is built anew from
+    what each entry is (constants, sizes read with Shape, their products), with the changed entries
+    as constants: however the exporter computed it, the new one reads the same sizes. Shared
+    tensors are never modified in place.
     """
     graph = view.graph
-    name = view.input(shape_input)
-    sources = shape_sources(graph, name)
+    sources = shape_sources(graph, view.input(shape_input))
     # Entries that read a size at run time, or are -1 or 0, follow the new sizes by themselves.
     new_entries = {p: v for p, v in new_entries.items() if sources[p] is not None and sources[p][0] == "const"
                    and sources[p][1] not in (-1, 0)}
     if not new_entries:
         return
-    if _all_const(sources):
-        edit.set_input_value(view.index, shape_input, _with_entries(sources, new_entries))
+    if all(e[0] == "const" for e in sources):
+        values = np.array([e[1] for e in sources], dtype=np.int64)
+        values[list(new_entries)] = list(new_entries.values())
+        edit.set_input_value(view.index, shape_input, values)
         return
-    concat, wrappers = _shape_concat(graph, name)
-    if concat is None:
-        raise Unknown(f"cannot rewrite the computed shape input of {view.op_type} '{view.name}'")
-    pieces, offset = [], 0
-    for piece in concat.input:
-        piece_sources = shape_sources(graph, piece)
-        touched = {p - offset: v for p, v in new_entries.items() if offset <= p < offset + len(piece_sources)}
-        if touched:
-            dtype = helper.tensor_dtype_to_np_dtype(graph.tensors[piece].dtype or onnx.TensorProto.INT64)
-            piece = edit.add_constant(_with_entries(piece_sources, touched, dtype), hint=piece)
-        pieces.append(piece)
-        offset += len(piece_sources)
-    output = edit.add_node(view.index, "Concat", pieces, axis=0)
-    for wrapper in reversed(wrappers):
-        output = edit.add_node(view.index, wrapper.op_type, [output],
-                               **{a.name: helper.get_attribute_value(a) for a in wrapper.attribute})
-    edit.set_input(view.index, shape_input, output)
+    pieces = [_entry_tensor(view, edit, ("const", new_entries[p]) if p in new_entries else e) for p, e in enumerate(sources)]
+    edit.set_input(view.index, shape_input, edit.add_node(view.index, "Concat", pieces, axis=0))
+
+
+def _entry_tensor(view: NodeView, edit, entry) -> str:
+    """A new 1-element int64 tensor computing one shape entry."""
+    if entry[0] == "const":
+        return edit.add_constant(np.array([entry[1]], dtype=np.int64), hint=f"{view.name}_size")
+    if entry[0] == "dim":
+        if view.opset >= 15:
+            return edit.add_node(view.index, "Shape", [entry[1]], start=entry[2], end=entry[2] + 1)
+        shape = edit.add_node(view.index, "Shape", [entry[1]])
+        return edit.add_node(view.index, "Gather", [shape, edit.add_constant(np.array([entry[2]]), hint=f"{view.name}_axis")])
+    parts = [_entry_tensor(view, edit, p) for p in entry[1]]
+    return edit.add_node(view.index, "ReduceProd", [edit.add_node(view.index, "Concat", parts, axis=0)], keepdims=1)
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
