@@ -430,7 +430,39 @@ _SLIDING = ("Conv", "MaxPool", "AveragePool", "LpPool")
 
 def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model as to_torch converts it and write_back writes it (the same computation)."""
-    return _explicit_padding(_split_shared_statistics(_read_initializers_directly(model)))
+    return _flatten_at_the_ends(_explicit_padding(_split_shared_statistics(_read_initializers_directly(model))))
+
+
+def _flatten_at_the_ends(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Flatten with axis 0 or axis == rank as a Reshape to (1, -1) or (-1, 1): onnx2torch's
+    Flatten fails at the ends (it flattens to 1-D first)."""
+    from .graph import Graph
+
+    shape = Graph(model).shape
+    ends = {i: {a.name: a.i for a in n.attribute}.get("axis", 1) for i, n in enumerate(model.graph.node)
+            if n.op_type == "Flatten" and shape(n.input[0]) is not None}
+    ends = {i: axis for i, axis in ends.items() if axis in (0, len(shape(model.graph.node[i].input[0])))}
+    if not ends:
+        return model
+    model = copy.deepcopy(model)
+    for i, axis in ends.items():
+        node = model.graph.node[i]
+        target = f"{node.output[0]}_flat_shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1] if axis == 0 else [-1, 1]), target))
+        node.op_type = "Reshape"
+        del node.attribute[:]
+        node.input.append(target)
+    return model
+    model = copy.deepcopy(model)
+    for node in model.graph.node:
+        if node.op_type == "Flatten" and node.name in {n.name for n in ends} and node.input[0] in {n.input[0] for n in ends}:
+            axis = {a.name: a.i for a in node.attribute}.get("axis", 1)
+            target = f"{node.output[0]}_flat_shape"
+            model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1] if axis == 0 else [-1, 1]), target))
+            node.op_type = "Reshape"
+            del node.attribute[:]
+            node.input.append(target)
+    return model
 
 
 def _explicit_padding(model: onnx.ModelProto) -> onnx.ModelProto:
