@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="dhspg", help="dhspg (the default) or hspg")
     p.add_argument("--target-sparsity", type=_ratio, default=0.5, help="fraction of channels to train to zero (default 0.5)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=_ratio, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam and adamw)")
+    p.add_argument("--lr", type=_ratio, default=None, help="learning rate (default 0.1 for sgd, 3e-3 for adam and adamw)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--base", default="sgd", help="the base optimizer: sgd (with momentum 0.9, the default), adam or adamw")
     p.add_argument("--lmbda", type=_ratio, default=None, help="group-lasso weight lambda (see the README)")
