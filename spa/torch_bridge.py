@@ -453,16 +453,6 @@ def _flatten_at_the_ends(model: onnx.ModelProto) -> onnx.ModelProto:
         del node.attribute[:]
         node.input.append(target)
     return model
-    model = copy.deepcopy(model)
-    for node in model.graph.node:
-        if node.op_type == "Flatten" and node.name in {n.name for n in ends} and node.input[0] in {n.input[0] for n in ends}:
-            axis = {a.name: a.i for a in node.attribute}.get("axis", 1)
-            target = f"{node.output[0]}_flat_shape"
-            model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1] if axis == 0 else [-1, 1]), target))
-            node.op_type = "Reshape"
-            del node.attribute[:]
-            node.input.append(target)
-    return model
 
 
 def _explicit_padding(model: onnx.ModelProto) -> onnx.ModelProto:
