@@ -85,8 +85,9 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     target = Target.from_options(ratio, target_flops, target_params)
     if scope is None:
         scope = "global" if target.kind != "ratio" or isomorphic else "local"
-    selection = Selection(target, scope, round_to, max_ratio, _whole_number(steps, "--steps"), isomorphic)
+    selection = Selection(target, scope, round_to, max_ratio, _count(steps, "--steps"), isomorphic)
     check_scoring(criterion, aggregate, normalize)
+    _count(batch_size, "--calib-batch")
     graph = Graph.load(model)
     if calib is not None and needs_data(criterion):
         calib = load_calibration(calib, graph.model)  # checked once, before any work
@@ -108,9 +109,9 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
                  target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
 
 
-def _whole_number(value, name: str) -> int:
-    if isinstance(value, bool) or not float(value).is_integer():
-        raise SpaError(f"{name} must be a whole number, got {value}")
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+        raise SpaError(f"{name} must be a whole number of at least 1, got {value}")
     return int(value)
 
 

@@ -1,4 +1,4 @@
-"""The `spa` command: analyze, prune, bench.
+"""The `spa` command: analyze, prune, train, bench, export.
 
 Every error a user can cause is one line on stderr and exit status 2; nothing is written unless
 the whole job succeeded.
@@ -123,14 +123,16 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def prune_table(report) -> str:
-    def change(before, after):
-        return f"{(after - before) / before * 100:+.1f}%" if before else "-"
+def _before_after(label: str, before: float, after: float) -> list:
+    change = f"{(after - before) / before * 100:+.1f}%" if before else "-"
+    return [label, _human(before), _human(after), change]
 
+
+def prune_table(report) -> str:
     rows = [
-        ["parameters", _human(report.params_before), _human(report.params_after), change(report.params_before, report.params_after)],
-        ["FLOPs (MACs)", _human(report.flops_before), _human(report.flops_after), change(report.flops_before, report.flops_after)],
-        ["file size (bytes)", _human(report.size_before), _human(report.size_after), change(report.size_before, report.size_after)],
+        _before_after("parameters", report.params_before, report.params_after),
+        _before_after("FLOPs (MACs)", report.flops_before, report.flops_after),
+        _before_after("file size (bytes)", report.size_before, report.size_after),
         ["groups pruned", "", f"{report.groups_pruned} of {report.groups_prunable}", ""],
     ]
     if report.latency:
@@ -254,12 +256,9 @@ def cmd_train(args) -> int:
 
 
 def train_table(report) -> str:
-    def change(before, after):
-        return f"{(after - before) / before * 100:+.1f}%" if before else "-"
-
     rows = [
-        ["parameters", _human(report.params_before), _human(report.params_after), change(report.params_before, report.params_after)],
-        ["FLOPs (MACs)", _human(report.flops_before), _human(report.flops_after), change(report.flops_before, report.flops_after)],
+        _before_after("parameters", report.params_before, report.params_after),
+        _before_after("FLOPs (MACs)", report.flops_before, report.flops_after),
         ["zero groups removed", "", f"{report.zero_groups} of {report.groups}", f"sparsity {report.group_sparsity:.3f}"],
     ]
     if report.val_accuracy is not None:
@@ -328,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how scores are scaled within each group before groups are compared: "
                         f"{', '.join(NORMALIZATIONS)} (default {DEFAULT_NORMALIZATION})")
     p.add_argument("--calib", metavar="FILE.npz",
-                   help="calibration data for taylor, snip, obd, grasp, crop: an array per model input (by name) "
-                        "and 'labels'")
+                   help=f"calibration data for {', '.join(n for n, c in CRITERIA.items() if c.needs)}: an array per "
+                        "model input (by name) and 'labels'")
     p.add_argument("--pseudo-labels", action="store_true",
                    help="without 'labels' in --calib, use the model's own predictions as labels")
     p.add_argument("--calib-batch", type=int, default=DEFAULT_BATCH, metavar="N",

@@ -6,6 +6,7 @@ model's own predictions (argmax) when the caller opts into pseudo-labels. Each s
 array per ONNX parameter, in the parameter's ONNX layout, keyed by SPA's parameter names:
 
 - "grad": g = dL/dw over the whole calibration set (the batches' gradients weighted by size);
+  `GradientSource.batch_gradients` also gives each batch's gradient on its own (Taylor);
 - "fisher": the empirical Fisher diagonal E_x[(dl_x/dw)^2], from one gradient per sample, the
   usual estimate of the Hessian diagonal (OBD);
 - "hessian_grad": H g, the Hessian of L times g (double backward: the gradient of <dL/dw, g>).
@@ -22,9 +23,6 @@ from tqdm import tqdm
 from .calib import Calibration
 from .errors import SpaError
 from .graph import Graph
-
-STATISTICS = ("grad", "fisher", "hessian_grad")
-
 
 def gradient_source(graph: Graph, calibration: Calibration, temperature: float = 1.0, pseudo_labels: bool = False,
                     batch_size: int = 16, progress: bool = False) -> "GradientSource":

@@ -259,8 +259,9 @@ class _Shrunk:
         self.tensors = dict(graph.tensors)
         for (name, axis), count in removed.items():
             shape = list(self.tensors[name].shape)
-            shape[axis] -= count
-            self.tensors[name] = dataclasses.replace(self.tensors[name], shape=tuple(shape))
+            if isinstance(shape[axis], int):  # a symbolic size (pruned by a digit of it) counts as 1 either way
+                shape[axis] -= count
+                self.tensors[name] = dataclasses.replace(self.tensors[name], shape=tuple(shape))
 
     def shape(self, name: str):
         return self.tensors[name].shape
