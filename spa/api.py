@@ -16,7 +16,7 @@ from .groups import Analysis, analyze
 from .lineage import Lineage
 from .metrics import count_flops, count_params, file_size
 from .rewrite import rewrite, validate
-from .targets import Selection, Target, choose
+from .targets import Selection, Target, check_ratio, choose
 
 
 @dataclass
@@ -65,7 +65,8 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
           check: bool = True, *, target_flops: float | None = None, target_params: float | None = None,
           steps: int = 1, isomorphic: bool = False, aggregate: str = DEFAULT_AGGREGATION,
           normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
-          progress: bool = False) -> tuple[onnx.ModelProto, Report]:
+          progress: bool = False, head_ratio: float | None = None,
+          hidden_ratio: float | None = None) -> tuple[onnx.ModelProto, Report]:
     """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
     and onnxruntime unless check=False) and a Report.
 
@@ -76,6 +77,9 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
       original (scope "global" by default; "local" prunes every group by the same ratio).
     `steps` > 1 prunes in that many rounds toward it, re-analyzing and re-scoring the pruned model
     between rounds. `isomorphic` ranks channels only against groups of the same structure.
+    `head_ratio` and `hidden_ratio` prune attention heads (or head sizes, with the inner carrier)
+    and a transformer's hidden size by their own ratio, in every such group; the target above
+    then applies to the other groups (see Group.kind).
     Scores: `criterion` (spa.criteria.CRITERIA), aggregated over each group's members by
     `aggregate` and normalized within the group by `normalize`; criteria that need data read
     `calib` (an .npz path or a dict of arrays keyed by input name, and `labels`, or model
@@ -97,16 +101,33 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     cost = {"flops": count_flops(graph), "params": count_params(graph)}
     lineage = Lineage(original)
     analysis = original
+    own_ratios = _own_ratios(head_ratio, hidden_ratio)
     for step in range(1, selection.steps + 1):
         groups = [g for g in analysis.prunable if not (exact and g.approximate)]
         scores = score_groups(analysis, groups=groups, **scoring)
-        chosen = choose(analysis, scores, selection, step, lineage.original_units(analysis), cost)
+        units = lineage.original_units(analysis)
+        chosen = {}
+        for kinds, kind_ratio in own_ratios:
+            own = Selection(Target.from_options(kind_ratio), "local", round_to, max_ratio, selection.steps)
+            chosen |= choose(analysis, {g.id: scores[g.id] for g in groups if g.kind in kinds}, own, step, units)
+        rest = {g.id: scores[g.id] for g in groups if not any(g.kind in kinds for kinds, _ in own_ratios)}
+        chosen |= choose(analysis, rest, selection, step, units, cost, already=chosen)
         removed = removed_slices(analysis, chosen)
         lineage.record(removed, analysis.graph)
         if step < selection.steps:
             analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits), keep=keep, carrier=carrier)
     return apply(original, lineage.removed_units(), check=check, criterion=criterion, ratio=target.value if
                  target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
+
+
+def _own_ratios(head_ratio: float | None, hidden_ratio: float | None) -> list[tuple[tuple[str, ...], float]]:
+    """(group kinds, ratio) for the kinds pruned by a ratio of their own."""
+    own = []
+    for kinds, value, name in ((("heads", "head_dims"), head_ratio, "--head-ratio"), (("hidden",), hidden_ratio, "--hidden-ratio")):
+        if value is not None:
+            check_ratio(value, name)
+            own.append((kinds, value))
+    return own
 
 
 def _count(value, name: str) -> int:
@@ -132,7 +153,8 @@ def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
         flops_before=count_flops(graph), flops_after=count_flops(after),
         size_before=file_size(graph.model) if graph.path is None else _size_on_disk(graph), size_after=file_size(pruned),
         groups_total=len(analysis.groups), groups_prunable=len(analysis.prunable), groups_pruned=len(chosen),
-        channels=[{"group": g, "before": analysis.groups[g].units, "after": analysis.groups[g].units - len(u)}
+        channels=[{"group": g, "kind": analysis.groups[g].kind, "before": analysis.groups[g].units,
+                   "after": analysis.groups[g].units - len(u)}
                   for g, u in sorted(chosen.items())],
         removed=[{"tensor": t, "axis": int(a), "indices": idx.tolist()}
                  for (t, a), idx in sorted(removed.items(), key=lambda kv: (graph.param_position(kv[0][0]), kv[0][1]))

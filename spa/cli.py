@@ -101,7 +101,8 @@ def cmd_prune(args) -> int:
         args.model, criterion=args.criterion, scope=args.scope, round_to=args.round_to, keep=args.keep,
         max_ratio=args.max_ratio, carrier=args.carrier, seed=args.seed, exact=args.exact, steps=args.steps,
         isomorphic=args.isomorphic, aggregate=args.aggregate, normalize=args.normalize, calib=args.calib,
-        pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=True, **targets,
+        pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=True, head_ratio=args.head_ratio,
+        hidden_ratio=args.hidden_ratio, **targets,
     )
     if not args.no_latency:
         feeds = random_inputs(pruned, batch=1)
@@ -342,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global scope and targets: most of its channels a group may lose (default 0.9)")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
     p.add_argument("--exact", action="store_true", help="prune only groups whose removal is exact (no normalization over them)")
+    p.add_argument("--head-ratio", type=_ratio, metavar="R",
+                   help="fraction of the attention heads to remove in every attention (default: as the target)")
+    p.add_argument("--hidden-ratio", type=_ratio, metavar="R",
+                   help="fraction of a transformer's hidden size to remove (default: as the target)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random criterion")
     p.add_argument("--report", metavar="OUT.json", help="write the report as JSON")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")

@@ -222,17 +222,19 @@ class Plan:
 
 
 def choose(analysis: Analysis, scores: dict[int, np.ndarray], selection: Selection, step: int = 1,
-           original_units: dict[int, int] | None = None, original_cost: dict[str, int] | None = None) -> dict[int, np.ndarray]:
+           original_units: dict[int, int] | None = None, original_cost: dict[str, int] | None = None,
+           already: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Units to remove (group id -> positions) at `step` of selection.steps. For FLOPs and
     parameter targets, `original_cost` holds the original model's {"flops", "params"} (default:
-    this model's)."""
+    this model's), and `already` the units other groups lose anyway (counted in the cost)."""
     plan = Plan(analysis, scores, selection, original_units)
     target = selection.target
     fraction = target.at_step(step, selection.steps)
     if target.kind == "ratio":
         return plan.chosen(fraction)
+    already = already or {}
     original = (original_cost or {}).get(target.kind) or cost_after(analysis, {}, target.kind)
-    chosen, reached = plan.search(lambda c: cost_after(analysis, c, target.kind), fraction * original)
+    chosen, reached = plan.search(lambda c: cost_after(analysis, {**already, **c}, target.kind), fraction * original)
     if reached > fraction * original * 1.03:
         label = "FLOPs" if target.kind == "flops" else "parameters"
         raise SpaError(f"--target-{target.kind} {target.value:g} is out of reach: pruning every prunable group as far as "

@@ -114,3 +114,17 @@ def test_hidden_size_prunes_to_a_valid_model(transformer_exports, name, exporter
     out = out[0] if isinstance(out, (tuple, list)) else out
     want = run(pruned, feeds)[0]
     assert np.abs(out.numpy() - want).max() <= 1e-4 * np.abs(want).max() + 1e-5
+
+
+@pytest.mark.parametrize("name, exporter", [("gqa_decoder", "dynamo"), ("bert_encoder", "torchscript")])
+def test_head_and_hidden_ratios_of_their_own(transformer_exports, name, exporter):
+    """--head-ratio prunes heads by their own ratio, --hidden-ratio the hidden size; --ratio the rest."""
+    path = transformer_exports(name, exporter)
+    _, report = spa.prune(path, ratio=0.3, head_ratio=0.5, hidden_ratio=0.0)
+    kinds = {ch["kind"] for ch in report.channels}
+    assert "hidden" not in kinds and {"heads", "channels"} <= kinds
+    for ch in report.channels:
+        ratio = 0.5 if ch["kind"] == "heads" else 0.3
+        assert ch["after"] == ch["before"] - math.floor(ratio * ch["before"]), ch
+    with pytest.raises(spa.SpaError, match="head-ratio"):
+        spa.prune(path, head_ratio=1.0)
