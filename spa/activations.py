@@ -18,8 +18,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from .errors import SpaError
 from .graph import Graph
-from .torch_bridge import to_torch
+from .torch_bridge import TorchConversionError, to_torch
 
 
 def default_device() -> torch.device:
@@ -36,7 +37,10 @@ class Network:
     def __init__(self, graph: Graph, device: torch.device | str | None = None):
         self.graph = graph
         self.device = torch.device(device) if device is not None else default_device()
-        self.torch_model = to_torch(_self_contained(graph))
+        try:
+            self.torch_model = to_torch(_self_contained(graph))
+        except TorchConversionError as e:
+            raise SpaError(f"running the model needs it in PyTorch, and {e}") from None
         self.module = self.torch_model.module.to(self.device)
         self.input_names = self.torch_model.input_names
         self._producers: dict[str, tuple[nn.Module, int]] = {}  # ONNX tensor -> (module, output position)

@@ -1,6 +1,7 @@
 """The Python API: analyze a model, prune it, and report what changed."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -65,8 +66,8 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
           check: bool = True, *, target_flops: float | None = None, target_params: float | None = None,
           steps: int = 1, isomorphic: bool = False, aggregate: str = DEFAULT_AGGREGATION,
           normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
-          progress: bool = False, head_ratio: float | None = None,
-          hidden_ratio: float | None = None) -> tuple[onnx.ModelProto, Report]:
+          progress: bool = False, head_ratio: float | None = None, hidden_ratio: float | None = None,
+          obspa: dict | None = None) -> tuple[onnx.ModelProto, Report]:
     """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
     and onnxruntime unless check=False) and a Report.
 
@@ -83,17 +84,24 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     Scores: `criterion` (spa.criteria.CRITERIA), aggregated over each group's members by
     `aggregate` and normalized within the group by `normalize`; criteria that need data read
     `calib` (an .npz path or a dict of arrays keyed by input name, and `labels`, or model
-    predictions as labels with `pseudo_labels`). With exact=True, groups whose removal changes a
+    predictions as labels with `pseudo_labels`). Criterion "obspa" (spa.obspa) ranks channels by
+    the layer-wise Optimal Brain Surgeon cost and compensates the weights it keeps, from `calib` or,
+    with none, from inputs it makes; `obspa` holds its settings (data_free, samples, damp, ...: see
+    spa.obspa.Obspa). With exact=True, groups whose removal changes a
     normalization over them (LayerNorm over hidden channels) are left whole.
     """
     target = Target.from_options(ratio, target_flops, target_params)
     if scope is None:
         scope = "global" if target.kind != "ratio" or isomorphic else "local"
     selection = Selection(target, scope, round_to, max_ratio, _count(steps, "--steps"), isomorphic)
-    check_scoring(criterion, aggregate, normalize)
+    surgery = criterion == "obspa"
+    if surgery and selection.steps > 1:
+        raise SpaError("--criterion obspa prunes in one step: it rewrites the weights it keeps")
+    if not surgery:
+        check_scoring(criterion, aggregate, normalize)
     _count(batch_size, "--calib-batch")
     graph = Graph.load(model)
-    if calib is not None and needs_data(criterion):
+    if calib is not None and (surgery or needs_data(criterion)):
         calib = load_calibration(calib, graph.model)  # checked once, before any work
     scoring = dict(criterion=criterion, seed=seed, aggregate=aggregate, normalize=normalize, calib=calib,
                    pseudo_labels=pseudo_labels, batch_size=batch_size, progress=progress)
@@ -102,9 +110,16 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     lineage = Lineage(original)
     analysis = original
     own_ratios = _own_ratios(head_ratio, hidden_ratio)
+    surgeon = None
     for step in range(1, selection.steps + 1):
         groups = [g for g in analysis.prunable if not (exact and g.approximate)]
-        scores = score_groups(analysis, groups=groups, **scoring)
+        if surgery:
+            from .obspa import Obspa  # torch, imported only when asked for
+
+            surgeon = Obspa(analysis, calib=calib, seed=seed, batch_size=batch_size, progress=progress, **(obspa or {}))
+            scores = surgeon.scores(groups)
+        else:
+            scores = score_groups(analysis, groups=groups, **scoring)
         units = lineage.original_units(analysis)
         chosen = {}
         for kinds, kind_ratio in own_ratios:
@@ -116,8 +131,11 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
         lineage.record(removed, analysis.graph)
         if step < selection.steps:
             analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits), keep=keep, carrier=carrier)
-    return apply(original, lineage.removed_units(), check=check, criterion=criterion, ratio=target.value if
-                 target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
+    chosen = lineage.removed_units()
+    with surgeon or contextlib.nullcontext():
+        new_values = surgeon.compensation(chosen) if surgeon else None
+    return apply(original, chosen, check=check, new_values=new_values, criterion=criterion,
+                 ratio=target.value if target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
 
 
 def _own_ratios(head_ratio: float | None, hidden_ratio: float | None) -> list[tuple[tuple[str, ...], float]]:

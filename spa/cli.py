@@ -102,6 +102,7 @@ def cmd_prune(args) -> int:
         max_ratio=args.max_ratio, carrier=args.carrier, seed=args.seed, exact=args.exact, steps=args.steps,
         isomorphic=args.isomorphic, aggregate=args.aggregate, normalize=args.normalize, calib=args.calib,
         pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=True, head_ratio=args.head_ratio,
+        obspa={"data_free": args.data_free, **({"samples": args.samples} if args.samples else {})},
         hidden_ratio=args.hidden_ratio, **targets,
     )
     if not args.no_latency:
@@ -320,7 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune until parameters are P times the original's, P in (0, 1]")
     p.add_argument("--steps", type=int, default=1, metavar="N",
                    help="prune in N rounds toward the ratio or target, re-scoring the pruned model between rounds")
-    p.add_argument("--criterion", default="l1", help=f"importance criterion: {', '.join(CRITERIA)} (default l1)")
+    p.add_argument("--criterion", default="l1",
+                   help=f"importance criterion: {', '.join(CRITERIA)}, or obspa (Optimal Brain Surgeon with "
+                        "compensation, no data needed) (default l1)")
+    p.add_argument("--data-free", default="auto", metavar="HOW",
+                   help="obspa without --calib: how inputs are made: auto, gaussian, batchnorm, inversion, "
+                        "inversion+batchnorm (default auto)")
+    p.add_argument("--samples", type=int, default=None, metavar="N", help="obspa without --calib: inputs to make")
     p.add_argument("--aggregate", default=DEFAULT_AGGREGATION,
                    help=f"how a channel's scores on a group's members combine: {', '.join(AGGREGATIONS)} "
                         f"(default {DEFAULT_AGGREGATION})")

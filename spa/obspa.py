@@ -2,47 +2,61 @@
 by default, no data.
 
 Layers. A *layer* is a weight that multiplies a group's channels on its input side: a Conv with
-group=1 (the weight's axis 1), a Gemm (axis 0, or 1 with transB), a MatMul with a constant right
-operand (axis 0, or axis 1 behind a Transpose). Its matrix W (outputs x features) has one feature
-per input channel and kernel position; a channel of a group owns the features of its indices on
-the weight's input axis (for a Conv, each index's whole kh*kw block). Where the layer's outputs
-can take a constant shift (its own bias, a following BatchNormalization's running mean, or a
-following Add of a constant), W gets one more column, the bias, on a constant input of 1: the
-compensation then moves the mean of what a removed channel carried into the bias.
+group=1 (the weight's axis 1; 1-D and 2-D), a Gemm (axis 0, or 1 with transB; alpha honoured), a
+MatMul with a constant 2-D right operand (axis 0, or axis 1 behind a Transpose). A weight read by
+several such operators is one layer (their inputs are pooled). Its matrix W (outputs x features)
+has one feature per input index and kernel position; a channel owns the features of its indices
+on the weight's input axis (for a Conv, each index's whole kh*kw block). Where the outputs can take
+a constant shift (the layer's own bias, the running mean of a BatchNormalization that reads it, or
+an Add of a constant), W gets one more column, the bias, on a constant input of 1: compensation
+then also moves the mean of what a removed channel carried into the bias. Rows are scaled by a
+following BatchNorm's gamma / sqrt(var + eps), so that costs are those of the BN-folded model.
+Depthwise and grouped convolutions are not layers: SPA removes whole groups of them together with
+their input channels, and the cost of those channels is measured at the next layer (the 1x1
+projection of a MobileNet block).
 
-Hessians. For each layer, H = E[x x^T] over its unfolded inputs x (float64), accumulated batch by
-batch while calibration inputs (or generated ones, see below) stream through a torch copy of the
-model (spa.activations). Layers are taken in topological order in chunks whose Hessians fit the
-memory budget; one forward pass per chunk, stopped after the chunk's last layer, and when all
-Hessians together exceed the budget they wait on disk. So memory is about the budget (at least the
-largest Hessian), never the whole model's activations.
+Hessians. For each layer, H = E[x x^T] over its unfolded inputs x, accumulated in float64 batch by
+batch while inputs stream through a torch copy of the model (spa.activations; the GPU when there
+is one). Layers are taken in topological order in chunks whose Hessians fit `memory` bytes; one
+forward pass per chunk, stopped after the chunk's last layer. A finished Hessian is kept as its
+damped inverse (H + lambda I)^-1, lambda = `damp` x mean(diag H), and when they do not all fit
+`memory` they wait on disk. So memory is about `memory` (at least the largest Hessian), never all
+the activations of the model.
 
 Scores (higher = more important). Removing the features M of a layer costs
-tr(W[:,M] ((H^-1)[M,M])^-1 W[:,M]^T) (the least-squares increase of its output error) and the
+tr(W[:,M] ((H^-1)[M,M])^-1 W[:,M]^T), the least-squares increase of its output error, when the
 kept weights compensate with dW = -W[:,M] ((H^-1)[M,M])^-1 (H^-1)[M,:]. Costs are divided by the
-layer's output energy tr(W H W^T), so that layers of different scales compare. Within a group,
-channels are removed greedily, one at a time (OBC's order): the channel whose removal costs the
-least, summed over all the group's layers, goes first, and each layer's W and H^-1 are updated
-(a rank-k downdate, k = the channel's features) before the next choice. Greedy single steps and
-not blocks: the next choice sees the compensation already made, and the whole order costs one
-downdate per channel, which is minutes at most for a ResNet-50 (H^-1 is compacted as it empties).
-A channel's score is the running maximum of the marginal costs along the order, so the lowest
-scores are exactly the greedy prefix, and scores of different groups compare (relative output
-error per channel). A group with no such layer (its channels only meet activations, e.g.
-attention queries and keys) is scored by each channel's share of the energy of the group's
-run-time tensors.
+layer's output energy tr(W H W^T) so that layers of any scale compare, and a group's cost is the
+sum over its layers. Within a group, channels are removed greedily, cheapest first, with the
+compensation and the downdate of each layer's H^-1 applied before the next choice (OBC's order):
+one channel per step for groups of up to `max_steps` (128) channels, and ceil(n / max_steps) per
+step for larger ones. Greedy, because each choice then sees the compensation already made; blocks
+for large groups, because a step costs a rank-k downdate of every layer's H^-1 (a ResNet-50's
+2048-channel residual group would take 2048 of them): on the digits models, even 8 steps per group
+moved accuracy by about a point at most, within the noise of the data-free seeds. A channel's
+score is the running maximum of the marginal costs along the order: the lowest scores are exactly
+the greedy prefix, and scores of different groups compare (relative output error), so a global
+ranking or a FLOPs target needs no normalization. A group no layer multiplies (its channels only
+meet activations or operators OBSPA does not solve, such as ConvTranspose) is scored by each
+channel's share of the energy of the group's run-time tensors.
 
-Compensation. Given the channels chosen in every group, each layer's removed features are the
-union over its groups (a Concat feeding one Conv); its new weights are the one-shot closed form
-above for the whole set, which is the least-squares optimum min ||W X - W' X|| over W' with the
-removed columns at zero (with dampening lambda = `damp` x the mean of diag H added to H).
+Compensation. For the channels chosen in every group, each layer's removed features are the union
+over its groups (a Concat feeding one Conv); its new weights are the one-shot closed form above for
+that whole set, which is the least-squares optimum min ||W X - W' X|| over W' with the removed
+columns at zero (ridge-damped by lambda).
 
-Data. With calibration inputs, they are used. Without (data-free), inputs are generated: standard
-normal inputs shaped like the model's, and where the model has BatchNormalization layers, each of
-them normalizes the generated activations with their own batch statistics ("batchnorm"), so every
-BatchNorm output has the per-channel mean and variance that the running statistics imply for real
-data. `DATA_FREE` lists the choices; the default was chosen on the digits models (see
-bench/bench_obspa.py and the README).
+Data. With calibration data, its inputs are used (no labels needed). Without (data-free), inputs
+are generated (spa.synthetic): "gaussian" (standard normal, shaped like the model's inputs),
+"batchnorm" (the same, with every BatchNorm normalizing them by their own batch statistics, so each
+BN output has the statistics its running mean and variance imply for real data), "inversion"
+(Gaussian inputs optimized so the model classifies them confidently into evenly spread classes,
+with a smoothness prior and, where there are BN layers, a pull toward their running statistics),
+or "inversion+batchnorm". "auto" (the default) takes inversion for a classifier when it fits
+INVERSION_BUDGET multiply-adds (inversion+batchnorm where there are BN layers), else batchnorm
+where there are BN layers, else gaussian. On the digits models (bench/bench_obspa.py --ablation)
+inversion was best by far on BN-folded exports (MobileNetV2 at 70% FLOPs: 0.980 against 0.843 for
+gaussian) and inversion+batchnorm best on BN-kept ones (0.919 at 50% FLOPs against 0.861 for
+batchnorm and 0.365 for gaussian).
 """
 from __future__ import annotations
 
@@ -65,13 +79,16 @@ from .activations import Network, default_device
 from .calib import load_calibration
 from .errors import SpaError
 from .graph import Graph
-from .groups import Analysis, Group, analyze
-from .targets import Selection, Target, choose
+from .groups import Analysis, Group
+from .metrics import count_flops
 
-# How inputs are made without data: see spa.synthetic; "auto" picks "inversion" for a classifier
-# and "batchnorm" otherwise (bench/bench_obspa.py measures them).
+# How inputs are made without data (spa.synthetic). "auto": "inversion" (+"batchnorm" where the
+# model has BatchNorm layers) for a classifier when it fits INVERSION_BUDGET, else "batchnorm"
+# where the model has BatchNorm layers, else "gaussian".
 DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm")
 DEFAULT_INVERSION_STEPS = 50
+INVERSION_BUDGET = 5e12  # multiply-adds "auto" may spend on inversion (a minute or two on 2 cores)
+DEFAULT_MAX_STEPS = 128
 DEFAULT_DAMP = 0.01
 DEFAULT_SAMPLES = 128
 DEFAULT_BATCH = 32
@@ -110,9 +127,6 @@ class Layer:
     def size(self, graph: Graph) -> int:
         """Rows (and columns) of the layer's Hessian."""
         return graph.value(self.weight).shape[self.in_axis] * self.kernel + (self.bias is not None)
-
-    def input(self, graph: Graph) -> str:
-        return graph.nodes[self.nodes[0]].input[0]
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -244,7 +258,8 @@ def _unfold(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple) -> torch.Tenso
     dilations = list(_attr(node, "dilations", [1] * n))
     pads = _conv_pads(node, tuple(x.shape[2:]), kernel, strides, dilations)
     if n == 1:  # a 1-D Conv is a 2-D one over a height of 1
-        x, kernel, strides, dilations, pads = x.unsqueeze(2), (1, *kernel), [1, *strides], [1, *dilations], [0, pads[0], 0, pads[1]]
+        x, kernel, pads = x.unsqueeze(2), (1, *kernel), [0, pads[0], 0, pads[1]]
+        strides, dilations = [1, *strides], [1, *dilations]
     x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
     columns = F.unfold(x, tuple(kernel), dilation=tuple(dilations), stride=tuple(strides))  # N, C*K, L
     return columns.transpose(1, 2).reshape(-1, columns.shape[1])
@@ -296,15 +311,15 @@ class _Moments:
 
 
 class HessianStore:
-    """Finished Hessians by layer: in memory when all of them fit the budget, otherwise on disk
-    (read back one at a time). `peak` is the most bytes of Hessians held in memory at once,
-    counting those being accumulated."""
+    """Each layer's damped inverse Hessian, once its Hessian is complete: in memory when all of
+    them fit the budget, otherwise on disk (read back one at a time). `peak` is the most bytes of
+    Hessians held in memory at once, counting those being accumulated."""
 
     def __init__(self, budget: int, total: int):
-        self.budget = budget
         self.on_disk = total > budget
         self.directory = tempfile.mkdtemp(prefix="spa-obspa-") if self.on_disk else None
         self.memory: dict[str, np.ndarray] = {}
+        self.files: dict[str, str] = {}
         self.held = 0
         self.peak = 0
 
@@ -312,18 +327,16 @@ class HessianStore:
         self.held += nbytes
         self.peak = max(self.peak, self.held)
 
-    def put(self, name: str, hessian: np.ndarray):
+    def put(self, name: str, matrix: np.ndarray):
         if self.on_disk:
-            np.save(self._path(name), hessian)
+            self.files[name] = os.path.join(self.directory, f"{len(self.files)}.npy")
+            np.save(self.files[name], matrix)
         else:
-            self.memory[name] = hessian
-            self.hold(hessian.nbytes)
+            self.memory[name] = matrix
+            self.hold(matrix.nbytes)
 
     def get(self, name: str) -> np.ndarray:
-        return np.load(self._path(name)) if self.on_disk else self.memory[name]
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.directory, f"{abs(hash(name))}-{len(name)}.npy")
+        return np.load(self.files[name]) if self.on_disk else self.memory[name]
 
     def close(self):
         self.memory.clear()
@@ -348,17 +361,16 @@ def _inverse(hessian: torch.Tensor, damp: float, features: int) -> torch.Tensor:
 
 
 class _Surgeon:
-    """One layer's weight matrix and inverse Hessian while one group's channels leave it one by
-    one (OBS removal with compensation). Columns that are gone are cut out now and then."""
+    """One layer's weight matrix and inverse Hessian while one group's channels leave it (OBS
+    removal with compensation). Columns that are gone are cut out now and then."""
 
-    def __init__(self, weight: torch.Tensor, hessian: torch.Tensor, features: int, damp: float,
-                 units: list[np.ndarray]):
-        self.energy = max(float(((weight @ hessian) * weight).sum()), 1e-30)
-        self.inverse = _inverse(hessian, damp, features)
+    def __init__(self, weight: torch.Tensor, inverse: torch.Tensor, energy: float, units: list[np.ndarray]):
+        self.energy = energy
+        self.inverse = inverse.clone()
         self.weight = weight.clone()
         device = weight.device
-        self.position = torch.arange(hessian.shape[0], device=device)  # original feature -> current column
-        self.alive = torch.ones(hessian.shape[0], dtype=torch.bool, device=device)
+        self.position = torch.arange(inverse.shape[0], device=device)  # original feature -> current column
+        self.alive = torch.ones(inverse.shape[0], dtype=torch.bool, device=device)
         self.units = [torch.as_tensor(u, device=device) for u in units]
         self.classes = []  # units with the same number of features, scored together
         for size in sorted({len(u) for u in units}):
@@ -384,8 +396,10 @@ class _Surgeon:
                 costs[ids] = (block_inverse * torch.einsum("oub,ouc->ubc", w, w)).sum((1, 2))
         return costs / self.energy
 
-    def remove(self, unit: int):
-        columns = self.position[self.units[unit]]
+    def remove(self, units: list[int]):
+        """Take the units out together: W -= W[:,M] ((H^-1)[M,M])^-1 (H^-1)[M,:], and the same
+        downdate of H^-1, which leaves the inverse Hessian of the remaining features."""
+        columns = self.position[torch.cat([self.units[u] for u in units])]
         step = torch.linalg.solve(self.inverse[columns][:, columns], self.inverse[columns, :])
         self.weight.addmm_(self.weight[:, columns], step, alpha=-1)
         self.inverse.addmm_(self.inverse[:, columns], step, alpha=-1)
@@ -406,21 +420,24 @@ class _Surgeon:
         self.alive = torch.ones(len(kept), dtype=torch.bool, device=kept.device)
 
 
-def _greedy_scores(surgeons: list[_Surgeon], units: int) -> np.ndarray:
-    """Remove the group's units one by one, cheapest first; a unit's score is the running maximum
-    of the marginal costs up to its removal (so scores follow the removal order)."""
+def _greedy_scores(surgeons: list[_Surgeon], units: int, max_steps: int) -> np.ndarray:
+    """Remove the group's units cheapest first, `ceil(units / max_steps)` per step (one by one
+    in groups of up to max_steps units); each unit's marginal cost is taken when it goes, and its
+    score is the running maximum of those costs (so the lowest scores are the greedy prefix)."""
     device = surgeons[0].weight.device
     remaining = torch.ones(units, dtype=torch.bool, device=device)
+    per_step = -(-units // max_steps)
     order, marginal = [], []
-    for step in range(units):
+    while len(order) < units:
         costs = sum(s.costs(remaining) for s in surgeons)
-        unit = int(torch.argmin(costs))
-        order.append(unit)
-        marginal.append(float(costs[unit]))
-        remaining[unit] = False
-        if step < units - 1:
+        count = min(per_step, units - len(order))
+        cheapest = torch.topk(costs, count, largest=False).indices.tolist() if count > 1 else [int(torch.argmin(costs))]
+        order += cheapest
+        marginal += costs[cheapest].tolist()
+        remaining[cheapest] = False
+        if len(order) < units:
             for s in surgeons:
-                s.remove(unit)
+                s.remove(cheapest)
     ranked = np.maximum.accumulate(np.maximum(marginal, 0.0))
     ranked = ranked + np.arange(units) * 1e-12 * max(ranked[-1], 1e-30)  # strictly increasing: ties keep the order
     scores = np.empty(units)
@@ -428,12 +445,12 @@ def _greedy_scores(surgeons: list[_Surgeon], units: int) -> np.ndarray:
     return scores
 
 
-def _compensated(weight: torch.Tensor, hessian: torch.Tensor, features: int, damp: float,
-                 removed: np.ndarray) -> torch.Tensor:
+def _compensated(weight: torch.Tensor, inverse: torch.Tensor, removed: np.ndarray) -> torch.Tensor:
     """W - W[:,M] ((H^-1)[M,M])^-1 (H^-1)[M,:], the removed columns exactly zero."""
-    inverse = _inverse(hessian, damp, features)
     m = torch.as_tensor(removed, device=weight.device)
-    step = torch.linalg.solve(inverse[m][:, m], inverse[m, :])
+    block = inverse[m][:, m]
+    factor, info = torch.linalg.cholesky_ex(block)
+    step = torch.cholesky_solve(inverse[m, :], factor) if int(info) == 0 else torch.linalg.solve(block, inverse[m, :])
     new = weight - weight[:, m] @ step
     new[:, m] = 0
     return new
@@ -441,37 +458,42 @@ def _compensated(weight: torch.Tensor, hessian: torch.Tensor, features: int, dam
 
 # ------------------------------------------------------------------------------------ OBSPA
 class Obspa:
-    """Scores and compensation for one analysed model. Hessians are computed on first use.
+    """Scores and compensation for one analysed model; Hessians are computed on first use.
 
-    calib: calibration data (an .npz path, a dict of arrays or a spa.calib.Calibration) or None
-    for data-free; data_free: how inputs
-    are generated without data (DATA_FREE); samples: how many generated inputs; damp: dampening
-    as a fraction of the mean Hessian diagonal; memory: bytes of Hessians held at once.
+    calib: calibration data (an .npz path, a dict of arrays or a spa.calib.Calibration), or None
+    for data-free, where `data_free` says how inputs are made (DATA_FREE): `samples` of them,
+    inverted for `inversion_steps`. damp: dampening as a fraction of the mean of diag H; memory:
+    bytes of Hessians held at once; max_steps: removal steps per group in the greedy order (a
+    group of more units removes ceil(units / max_steps) per step).
     """
 
     def __init__(self, analysis: Analysis, calib=None, data_free: str = "auto", samples: int = DEFAULT_SAMPLES,
                  batch_size: int = DEFAULT_BATCH, damp: float = DEFAULT_DAMP, memory: int = DEFAULT_MEMORY,
-                 device=None, seed: int = 0, inversion_steps: int = DEFAULT_INVERSION_STEPS, progress: bool = False):
+                 inversion_steps: int = DEFAULT_INVERSION_STEPS, max_steps: int = DEFAULT_MAX_STEPS, device=None,
+                 seed: int = 0, progress: bool = False):
         if data_free not in DATA_FREE:
             raise SpaError(f"unknown data-free input generation '{data_free}' (choose from {', '.join(DATA_FREE)})")
-        if damp < 0 or samples < 1 or batch_size < 1:
-            raise SpaError("OBSPA needs damp >= 0, samples >= 1 and batch size >= 1")
+        if damp < 0 or min(samples, batch_size, max_steps) < 1 or inversion_steps < 0:
+            raise SpaError("OBSPA needs damp >= 0, samples, batch size and steps >= 1, inversion steps >= 0")
         self.analysis = analysis
         self.graph = analysis.graph
+        self.calibration = load_calibration(calib, self.graph.model) if calib is not None else None
+        self.data_free = data_free
+        self.samples = samples
+        self.batch_size = batch_size
         self.damp = damp
         self.memory = memory
-        self.progress = progress
-        self.calibration = load_calibration(calib, self.graph.model) if calib is not None else None
-        self.samples = samples
-        self.seed = seed
-        self.batch_size = batch_size
-        self.data_free = data_free if calib is None else None
         self.inversion_steps = inversion_steps
+        self.max_steps = max_steps
         self.device = torch.device(device) if device is not None else default_device()
+        self.seed = seed
+        self.progress = progress
         self.layers = find_layers(analysis, analysis.prunable)
+        self.inputs_used: str | None = None  # "calibration" or the data-free generation used, once known
         self.store: HessianStore | None = None
-        self.energies: dict[int, np.ndarray] = {}  # fallback scores of groups no layer multiplies
-        self.passes = 0  # forward passes made over the inputs (one per chunk of layers)
+        self.output_energy: dict[str, float] = {}  # per layer: tr(W H W^T), the scale of its costs
+        self.shares: dict[int, np.ndarray] = {}  # groups no layer multiplies: each unit's share of the energy
+        self.passes = 0  # forward passes over the inputs (one per chunk of layers)
 
     def __enter__(self):
         return self
@@ -504,17 +526,28 @@ class Obspa:
         """The batches the Hessians are built from, and whether BatchNorm layers normalize them
         with their own batch statistics (data-free "batchnorm")."""
         if self.calibration is not None:
+            self.inputs_used = "calibration"
             return [inputs for inputs, _ in self.calibration.batches(self.batch_size)], False
-        method = self.data_free
-        if method == "auto":
-            method = "inversion" if synthetic.classes(network) else "batchnorm" if network.batchnorms else "gaussian"
+        method = self.data_free if self.data_free != "auto" else self._automatic(network)
         if "batchnorm" in method and not network.batchnorms:
             raise SpaError(f"data-free input generation '{method}' needs BatchNormalization layers; the model has none")
+        self.inputs_used = method
+        if self.progress:
+            print(f"OBSPA: data-free inputs: {method} ({self.samples} samples)", file=sys.stderr)
         data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed)
         if "inversion" in method:
             data = synthetic.invert(network, data, steps=self.inversion_steps, batch_size=self.batch_size,
                                     progress=self.progress)
         return [inputs for inputs, _ in data.batches(self.batch_size)], "batchnorm" in method
+
+    def _automatic(self, network: Network) -> str:
+        """Inversion for a classifier when it costs at most INVERSION_BUDGET multiply-adds (about
+        3x a forward pass per step and sample), with BatchNorm batch statistics where the model
+        has BN layers; else BatchNorm statistics alone where it has some; else Gaussian inputs."""
+        cost = 3 * count_flops(self.graph) * self.samples * self.inversion_steps
+        if synthetic.classes(network) and cost <= INVERSION_BUDGET:
+            return "inversion+batchnorm" if network.batchnorms else "inversion"
+        return "batchnorm" if network.batchnorms else "gaussian"
 
     def _chunks(self, sizes: list[int]) -> list[list[int]]:
         """Consecutive layers whose Hessians fit the budget together (one layer at least)."""
@@ -530,7 +563,7 @@ class Obspa:
 
     def _pass(self, network: Network, layers: list[Layer], fallback: list[Group], batches, batch_statistics: bool):
         """One forward pass over all batches, accumulating the layers' Hessians and the fallback
-        groups' channel energies."""
+        groups' channel energies; each finished Hessian is stored as its damped inverse."""
         graph = self.graph
         moments = {layer.weight: _Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None,
                                           network.device) for layer in layers}
@@ -543,7 +576,8 @@ class Obspa:
         watched = {}  # tensor -> [(group, member position)]
         for group in fallback:
             for k, member in enumerate(group.members):
-                if not member.is_param and network.computes(member.tensor) and not graph.is_constant_derived(member.tensor):
+                runtime = not member.is_param and not graph.is_constant_derived(member.tensor)
+                if runtime and network.computes(member.tensor):
                     watched.setdefault(member.tensor, []).append((group, k))
         sums: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -555,14 +589,18 @@ class Obspa:
             for group, k in watched.get(tensor, ()):
                 axis = group.members[k].axis % value.dim()
                 other = tuple(a for a in range(value.dim()) if a != axis)
-                energy = value.double().pow(2).sum(other)
-                sums[group.id, k] = sums.get((group.id, k), 0) + energy
+                sums[group.id, k] = sums.get((group.id, k), 0) + value.double().pow(2).sum(other)
 
         network.stream(list(readers) + list(watched), batches, receive, batch_statistics)
         self.passes += 1
         for layer in layers:
-            self.store.put(layer.weight, moments[layer.weight].hessian())
-            self.store.hold(-moments[layer.weight].nbytes)
+            accumulated = moments.pop(layer.weight)
+            hessian = torch.as_tensor(accumulated.hessian(), device=self.device)
+            self.store.hold(-accumulated.nbytes)
+            matrix = self._matrix(layer)
+            self.output_energy[layer.weight] = max(float(((matrix @ hessian) * matrix).sum()), 1e-30)
+            features = hessian.shape[0] - (layer.bias is not None)
+            self.store.put(layer.weight, _inverse(hessian, self.damp, features).cpu().numpy())
         for group in fallback:
             shares = []
             for k, member in enumerate(group.members):
@@ -570,7 +608,7 @@ class Obspa:
                     energy = sums[group.id, k].cpu().numpy()
                     per_unit = np.add.reduceat(energy[member.indices], member.offsets[:-1])
                     shares.append(per_unit / max(energy.sum(), 1e-30))
-            self.energies[group.id] = np.mean(shares, axis=0) if shares else np.zeros(group.units)
+            self.shares[group.id] = np.mean(shares, axis=0) if shares else np.zeros(group.units)
 
     # -------------------------------------------------------------------------- scores
     def scores(self, groups: list[Group] | None = None) -> dict[int, np.ndarray]:
@@ -581,28 +619,25 @@ class Obspa:
         for group in tqdm(groups, desc="OBSPA scores", unit="group", disable=not self.progress, file=sys.stderr):
             layers = [layer for layer in self.layers if group.id in layer.units]
             if not layers:
-                result[group.id] = np.asarray(self.energies.get(group.id, np.zeros(group.units)), dtype=np.float64)
+                result[group.id] = np.asarray(self.shares.get(group.id, np.zeros(group.units)), dtype=np.float64)
                 continue
-            surgeons = [self._surgeon(layer, group.id) for layer in layers]
-            result[group.id] = _greedy_scores(surgeons, group.units)
+            surgeons = [_Surgeon(self._matrix(layer), self._inverse(layer), self.output_energy[layer.weight],
+                                 layer.units[group.id]) for layer in layers]
+            result[group.id] = _greedy_scores(surgeons, group.units, self.max_steps)
         return result
 
-    def _surgeon(self, layer: Layer, group_id: int) -> _Surgeon:
-        weight, hessian = self._problem(layer)
-        return _Surgeon(weight, hessian, layer.size(self.graph) - (layer.bias is not None), self.damp,
-                        layer.units[group_id])
+    def _inverse(self, layer: Layer) -> torch.Tensor:
+        return torch.as_tensor(self.store.get(layer.weight), device=self.device)
 
-    def _problem(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's matrix (with the bias column, rows scaled as a following BatchNorm scales
-        them) and Hessian, as float64 tensors."""
+    def _matrix(self, layer: Layer) -> torch.Tensor:
+        """The layer's matrix with the bias column, rows scaled as a following BatchNorm scales
+        them, as a float64 tensor."""
         matrix = layer.matrix(self.graph.value(layer.weight))
         if layer.bias is not None:
             name, factor = layer.bias
             bias = self.graph.value(name).astype(np.float64).reshape(-1) / factor
             matrix = np.concatenate([matrix, bias[:, None]], axis=1)
-        matrix = matrix * self._row_scale(layer)[:, None]
-        hessian = self.store.get(layer.weight)
-        return torch.as_tensor(matrix, device=self.device), torch.as_tensor(hessian, device=self.device)
+        return torch.as_tensor(matrix * self._row_scale(layer)[:, None], device=self.device)
 
     def _row_scale(self, layer: Layer) -> np.ndarray:
         """gamma / sqrt(var + eps) of the BatchNormalization that reads the layer's output (so that
@@ -616,7 +651,8 @@ class Obspa:
             if reader.op_type == "BatchNormalization" and reader.input[0] == node.output[0]:
                 gamma, var = graph.value(reader.input[1]), graph.value(reader.input[4])
                 if gamma is not None and var is not None and gamma.shape == (outputs,):
-                    scale = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + _attr(reader, "epsilon", 1e-5))
+                    epsilon = _attr(reader, "epsilon", 1e-5)
+                    scale = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + epsilon)
                     return np.maximum(scale, 1e-12 * max(scale.max(), 1e-30))  # invertible
         return np.ones(outputs)
 
@@ -630,10 +666,9 @@ class Obspa:
             removed = [layer.units[g][u] for g, units in chosen.items() if g in layer.units for u in units]
             if not removed:
                 continue
-            weight, hessian = self._problem(layer)
-            features = layer.size(self.graph) - (layer.bias is not None)
-            new = _compensated(weight, hessian, features, self.damp, np.unique(np.concatenate(removed))).cpu().numpy()
-            new = new / self._row_scale(layer)[:, None]
+            new = _compensated(self._matrix(layer), self._inverse(layer), np.unique(np.concatenate(removed)))
+            new = new.cpu().numpy() / self._row_scale(layer)[:, None]
+            features = new.shape[1] - (layer.bias is not None)
             new_values[layer.weight] = layer.from_matrix(new[:, :features], self.graph.value(layer.weight))
             if layer.bias is not None:
                 name, factor = layer.bias
@@ -643,22 +678,3 @@ class Obspa:
 
 
 # ------------------------------------------------------------------------------------ entry point
-def prune(model, ratio: float | None = None, scope: str | None = None, round_to: int = 1, keep=(),
-          max_ratio: float = 0.9, carrier: str = "outer", exact: bool = False, check: bool = True, *,
-          target_flops: float | None = None, target_params: float | None = None, **options):
-    """Prune with OBSPA: what goes is chosen as spa.prune chooses it (a ratio, or a FLOPs or
-    parameter target; global scope for targets), ranked by OBS cost, and the layers that lose input
-    channels are compensated. `options` go to Obspa (calib, data_free, samples, batch_size, damp,
-    memory, device, seed, progress). Returns (ModelProto, Report)."""
-    from .api import apply
-
-    target = Target.from_options(ratio, target_flops, target_params)
-    scope = scope or ("global" if target.kind != "ratio" else "local")
-    selection = Selection(target, scope, round_to, max_ratio)
-    analysis = analyze(Graph.load(model), keep=keep, carrier=carrier)
-    groups = [g for g in analysis.prunable if not (exact and g.approximate)]
-    with Obspa(analysis, **options) as obspa:
-        chosen = choose(analysis, obspa.scores(groups), selection)
-        new_values = obspa.compensation(chosen)
-    return apply(analysis, chosen, check=check, new_values=new_values, criterion="obspa",
-                 ratio=target.value if target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)

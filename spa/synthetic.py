@@ -55,40 +55,45 @@ def classes(network: Network) -> int | None:
     return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1 else None
 
 
-def invert(network: Network, start: Calibration, steps: int = 50, lr: float = 0.1, tv: float = 0.1,
+def invert(network: Network, start: Calibration, steps: int = 50, lr: float = 0.1, tv: float = 1.0,
            bn: float = 1.0, batch_size: int = 32, progress: bool = False) -> Calibration:
     """`start` optimized batch by batch so that the model sees confident, evenly spread classes
-    (see the module docstring). The model's first output must be (batch, classes) logits."""
+    (see the module docstring). The model's first output must be (batch, classes) logits.
+    `tv` and `bn` weigh the smoothness prior and the BatchNorm statistics against the
+    cross-entropy. tv on the BN-folded digits models, accuracy at 70% / 50% FLOPs (3 seeds):
+    ResNet 0.986 / 0.970 at 0.1, 0.990 / 0.986 at 1, 0.991 / 0.985 at 3; MobileNetV2 0.956 / 0.575,
+    0.976 / 0.601, 0.979 / 0.855 (the 50% point varies a lot between seeds); 10 was worse."""
     count = classes(network)
     if count is None:
         raise SpaError("input inversion needs a classifier: a first output of shape (batch, classes)")
     names = network.input_names
-    batches = list(start.batches(batch_size))
     out = {n: [] for n in names}
-    statistics = _BatchNormStatistics(network) if bn else None
-    for number, (inputs, _) in enumerate(tqdm(batches, desc="inverting inputs", unit="batch", disable=not progress,
-                                              file=sys.stderr)):
-        x = [network.tensor(inputs[n]).float().requires_grad_(True) for n in names]
-        size = len(x[0])
-        target = (torch.arange(size, device=network.device) + number * size) % count
-        optimizer = torch.optim.Adam(x, lr=lr)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            with torch.enable_grad():
-                if statistics:
-                    statistics.losses.clear()
-                logits = _first(network.module(*x))
-                loss = F.cross_entropy(logits.float(), target) + tv * sum(_total_variation(t) for t in x)
-                if statistics and statistics.losses:
-                    loss = loss + bn * torch.stack(statistics.losses).mean()
-                gradients = torch.autograd.grad(loss, x)  # the inputs only: no parameter gradients
-            for t, g in zip(x, gradients):
-                t.grad = g
-            optimizer.step()
-        for n, t in zip(names, x):
-            out[n].append(t.detach().cpu().numpy().astype(inputs[n].dtype))
-    if statistics:
-        statistics.close()
+    statistics = _BatchNormStatistics(network) if bn and network.batchnorms else None
+    try:
+        batches = list(start.batches(batch_size))
+        for number, (inputs, _) in enumerate(tqdm(batches, desc="inverting inputs", unit="batch",
+                                                  disable=not progress, file=sys.stderr)):
+            x = [network.tensor(inputs[n]).float().clone().requires_grad_(True) for n in names]
+            target = (torch.arange(len(x[0]), device=network.device) + number * len(x[0])) % count
+            optimizer = torch.optim.Adam(x, lr=lr)
+            for _ in range(steps):
+                optimizer.zero_grad()
+                with torch.enable_grad():
+                    if statistics:
+                        statistics.losses.clear()
+                    logits = _first(network.module(*x))
+                    loss = F.cross_entropy(logits.float(), target) + tv * sum(_total_variation(t) for t in x)
+                    if statistics:
+                        loss = loss + bn * torch.stack(statistics.losses).mean()
+                    gradients = torch.autograd.grad(loss, x)  # the inputs only: no parameter gradients
+                for t, g in zip(x, gradients):
+                    t.grad = g
+                optimizer.step()
+            for n, t in zip(names, x):
+                out[n].append(t.detach().cpu().numpy().astype(inputs[n].dtype))
+    finally:
+        if statistics:
+            statistics.close()
     return Calibration({n: np.concatenate(a) for n, a in out.items()}, None, start.fixed_batch)
 
 
