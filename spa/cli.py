@@ -101,7 +101,8 @@ def cmd_prune(args) -> int:
         args.model, criterion=args.criterion, scope=args.scope, round_to=args.round_to, keep=args.keep,
         max_ratio=args.max_ratio, carrier=args.carrier, seed=args.seed, exact=args.exact, steps=args.steps,
         isomorphic=args.isomorphic, aggregate=args.aggregate, normalize=args.normalize, calib=args.calib,
-        pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=True, head_ratio=args.head_ratio,
+        pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=sys.stderr.isatty(),
+        head_ratio=args.head_ratio,
         obspa={"data_free": args.data_free, **({"samples": args.samples} if args.samples else {})},
         hidden_ratio=args.hidden_ratio, **targets,
     )
