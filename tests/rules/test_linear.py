@@ -18,7 +18,7 @@ def test_conv_local_ratio(ratio, kept):
     assert init_shape(pruned, "l1.W") == (kept, 4, 1, 1)
     assert init_shape(pruned, "l1.B") == (kept,)
     assert init_shape(pruned, "l2.W") == (4, kept, 1, 1)
-    assert report.channels == [{"group": group.id, "before": 8, "after": kept}]
+    assert report.channels == [{"group": group.id, "kind": "channels", "before": 8, "after": kept}]
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "random"])
