@@ -7,9 +7,8 @@ import tempfile
 import onnx
 
 from .errors import SpaError
+from .protos import SERIALIZABLE_BYTES, model_bytes
 
-# Protobuf cannot serialize a message over 2 GB: larger models keep their weights in a data file.
-_EXTERNAL_DATA_ABOVE = 1_800_000_000
 
 
 def check_output_path(output, protected=()) -> str:
@@ -32,7 +31,7 @@ def save_model(model: onnx.ModelProto, output, protected=()) -> str:
     """Write `model` to `output` through a temporary file and a rename: a failure leaves nothing."""
     output = check_output_path(output, protected)
     folder, base = os.path.split(output)
-    external = model.ByteSize() > _EXTERNAL_DATA_ABOVE
+    external = model_bytes(model) > SERIALIZABLE_BYTES
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
     os.close(fd)
     data_name = base + ".data"
@@ -45,6 +44,8 @@ def save_model(model: onnx.ModelProto, output, protected=()) -> str:
                     raise SpaError(f"refusing to overwrite {data_path}, which the input model uses")
             onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                       location=os.path.basename(tmp_data), size_threshold=1024)
+            # onnx.save moved the weights out of `model`: bring them back, the caller still holds it
+            onnx.external_data_helper.load_external_data_for_model(model, folder)
             _relocate(tmp, data_name)
             os.replace(tmp_data, data_path)
         else:

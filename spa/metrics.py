@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from .graph import Graph
+from .protos import model_bytes
 from .rules.base import NodeView
 from .rules.linear import einsum_operands
 
@@ -62,4 +63,4 @@ def count_flops(graph: Graph) -> int:
 
 
 def file_size(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
+    return model_bytes(model)

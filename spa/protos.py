@@ -30,3 +30,21 @@ def outer_scope_names(node: onnx.NodeProto) -> set[str]:
                 names.update(n for n in outer_scope_names(inner) if n not in defined)
             names.update(o.name for o in sub.output if o.name not in defined)
     return names
+
+
+# Protobuf cannot serialize a message over 2 GB; past this size a model keeps its weights outside.
+SERIALIZABLE_BYTES = 1_800_000_000
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The model's serialized size. protobuf's ByteSize wraps around past 2 GB, so a model whose
+    initializers alone come near that is measured by its tensors' sizes instead."""
+    tensors = sum(int(np.prod(t.dims)) * _itemsize(t.data_type) for t in model.graph.initializer)
+    return tensors if tensors > SERIALIZABLE_BYTES else model.ByteSize()
+
+
+def _itemsize(data_type: int) -> int:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 1

@@ -13,9 +13,8 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .errors import SpaError
+from .protos import SERIALIZABLE_BYTES, model_bytes
 
-# A serialized model over this size cannot be handed to onnxruntime in memory (protobuf's 2 GB).
-_IN_MEMORY_LIMIT = 1_800_000_000
 
 
 def session(model, threads: int | None = None) -> ort.InferenceSession:
@@ -33,11 +32,14 @@ def session(model, threads: int | None = None) -> ort.InferenceSession:
         options.intra_op_num_threads = threads
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() > _IN_MEMORY_LIMIT:
+            if model_bytes(model) > SERIALIZABLE_BYTES:  # cannot go to onnxruntime in memory
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, "model.onnx")
                     onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
-                    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+                    try:
+                        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+                    finally:  # onnx.save moved the weights out of `model`: bring them back
+                        onnx.external_data_helper.load_external_data_for_model(model, tmp)
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
