@@ -112,7 +112,7 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     own_ratios = _own_ratios(head_ratio, hidden_ratio)
     surgeon = None
     for step in range(1, selection.steps + 1):
-        groups = [g for g in analysis.prunable if not (exact and g.approximate)]
+        groups = [g for g in analysis.prunable if not (exact and g.approximate) and (step == 1 or lineage.whole_units(g))]
         if surgery:
             from .obspa import Obspa  # torch, imported only when asked for
 

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .protos import outer_scope_names
+from .protos import node_reads, still_read
 from .symbols import Product, product
 
 # Only small tensors are folded: shape vectors, indices, scalars.
@@ -244,15 +244,12 @@ def fold_shapes(model: onnx.ModelProto, shapes: dict,
     dropped = {i for i, n in enumerate(graph.node) if n.output and all(not o or o in folded for o in n.output)}
     if not dropped:
         return None, known
-    used = {n for i, node in enumerate(graph.node) if i not in dropped for n in _node_reads(node)}
+    used = {n for i, node in enumerate(graph.node) if i not in dropped for n in node_reads(node)}
     used |= graph_outputs
     new_initializers = [numpy_helper.from_array(folded[name], name) for name in folded
                         if name in used and producers.get(name) in dropped]
     nodes = _live_nodes([n for i, n in enumerate(graph.node) if i not in dropped], graph_outputs)
-    # Initializers that only fed the folded arithmetic go with it.
-    read_before = {n for node in graph.node for n in _node_reads(node)}
-    read_now = {n for node in nodes for n in _node_reads(node)} | graph_outputs
-    initializers = [t for t in graph.initializer if t.name in read_now or t.name not in read_before]
+    initializers = still_read(graph.initializer, graph.node, nodes, graph)
     new_graph = helper.make_graph(nodes, graph.name, graph.input, graph.output,
                                   initializers + new_initializers, doc_string=graph.doc_string,
                                   value_info=[v for v in graph.value_info if v.name not in folded])
@@ -264,14 +261,10 @@ def fold_shapes(model: onnx.ModelProto, shapes: dict,
     return new, known
 
 
-def _node_reads(node) -> list[str]:
-    return [n for n in node.input if n] + sorted(outer_scope_names(node))
-
-
 def _live_nodes(nodes: list, outputs: set[str]) -> list:
     """Drop nodes whose outputs nothing reads (repeatedly): what only fed folded arithmetic."""
     while True:
-        read = {n for node in nodes for n in _node_reads(node)} | outputs
+        read = {n for node in nodes for n in node_reads(node)} | outputs
         kept = [n for n in nodes if any(o in read for o in n.output if o) or not n.output]
         if len(kept) == len(nodes):
             return kept

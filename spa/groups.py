@@ -69,7 +69,8 @@ class Group:
 
     def describe(self) -> str:
         """A readable chain of what removing one unit of this group removes."""
-        state = "blocked: " + "; ".join(self.blocked) if self.blocked else "prunable"
+        state = ("blocked: " + "; ".join(self.blocked) if self.blocked
+                 else "prunable" if self.prunable else "kept: one channel cannot go")
         if self.approximate and not self.blocked:
             state += " (approximate: " + "; ".join(self.approximate) + ")"
         lines = [f"group {self.id}: {self.units} channels, {state}"]

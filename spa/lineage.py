@@ -40,6 +40,27 @@ class Lineage:
                 return int(ids[0]) if len(ids) == 1 and ids[0] >= 0 else None
         return None
 
+    def whole_units(self, group: Group) -> bool:
+        """Whether every unit of `group` (of the current model) is what remains of whole units of
+        one original group. Not so after a channel shuffle cut down to one slice: re-analyzed, its
+        other digit becomes the units, and removing one would split the original units."""
+        m = group.params[0]
+        if (m.tensor, m.axis) not in self.owner:
+            return False
+        owners, units = self.owner[(m.tensor, m.axis)]
+        alive = self.alive.get((m.tensor, m.axis), np.arange(len(owners)))
+        origin = owners[alive[m.indices]]
+        if np.any(origin != origin[0]) or origin[0] < 0:
+            return False
+        original_unit = units[alive[m.indices]]
+        current_unit = np.repeat(np.arange(group.units), np.diff(m.offsets))
+        # each original unit: in one current unit, with all of its indices still alive
+        one_home = len(np.unique(original_unit)) == len(np.unique(np.stack([original_unit, current_unit]), axis=1)[0])
+        alive_count = np.bincount(units[alive][owners[alive] == origin[0]], minlength=units.max() + 1)
+        present = np.unique(original_unit)
+        return one_home and np.array_equal(np.bincount(original_unit, minlength=len(alive_count))[present],
+                                           alive_count[present])
+
     def original_units(self, analysis: Analysis) -> dict[int, int]:
         """Current group id -> channel count of the original group it comes from."""
         result = {}

@@ -32,6 +32,21 @@ def outer_scope_names(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its inputs and what its subgraphs take from the enclosing graph."""
+    return [n for n in node.input if n] + sorted(outer_scope_names(node))
+
+
+def still_read(initializers, nodes_before, nodes_after, graph: onnx.GraphProto) -> list:
+    """The initializers to keep once a pass replaced `nodes_before` by `nodes_after`: those read
+    before and read no more (weights of folded arithmetic, the source of a pruned Identity copy)
+    go; unread ones the user had, and graph inputs or outputs, stay."""
+    read_before = {n for node in nodes_before for n in node_reads(node)}
+    read_now = {n for node in nodes_after for n in node_reads(node)}
+    read_now |= {v.name for v in graph.input} | {v.name for v in graph.output}
+    return [t for t in initializers if t.name in read_now or t.name not in read_before]
+
+
 # Protobuf cannot serialize a message over 2 GB; past this size a model keeps its weights outside.
 SERIALIZABLE_BYTES = 1_800_000_000
 

@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 
 from .errors import SpaError
 from .graph import Graph, _check_model, _skeleton
+from .protos import still_read
 from .rules import NodeView, Unknown, rule_for
 from .symbols import Product
 
@@ -161,6 +162,7 @@ def _assemble(graph: Graph, edit: Edit) -> onnx.ModelProto:
         nodes.extend(edit.inserted.get(i, []))
         if i not in edit.dropped:
             nodes.append(node)
+    initializers = still_read(initializers, old.graph.node, nodes, old.graph)
     value_info = [_resized(vi, edit) for vi in old.graph.value_info]
     new_graph = helper.make_graph(
         nodes, old.graph.name, [_resized(v, edit) for v in old.graph.input],

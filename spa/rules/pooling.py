@@ -126,9 +126,11 @@ class Resize(Rule):
         x, y = view.inputs[0], view.outputs[0]
         if tensor not in (x, y):
             return []
-        size = view.size(tensor, axis)
+        size = view.size(x, axis)
         scales, sizes = self.per_axis(view, 2), self.per_axis(view, 3)
-        if (scales or {}).get(axis, 1.0) != 1.0 or (sizes or {}).get(axis, size) != size:
+        # the sizes seen from either end: the output's size is its `sizes` entry, never a change
+        if (scales or {}).get(axis, 1.0) != 1.0 or (sizes or {}).get(axis, size) != size \
+                or view.size(y, axis) != size:
             return [Block(f"Resize '{view.name}' rescales axis {axis}")]
         return [same(y if tensor == x else x, axis, size)]
 
@@ -174,3 +176,13 @@ class Pad(Rule):
         added = np.concatenate([np.arange(begin), np.arange(begin + n, begin + n + end)])
         return [Link(x, axis, np.arange(n) + begin, np.arange(n)),
                 Block(f"Pad '{view.name}' adds these channels", added)]
+
+    def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
+        # A removed channel padded along another axis with a nonzero value is nonzero at the border.
+        if view.attr("mode", b"constant") in (b"constant", "constant") and view.input(2):
+            value = view.value(view.input(2))
+            rank = view.rank(view.inputs[0])
+            padded = any(self.pads_of(view, a) != (0, 0) for a in range(rank) if a != axis)
+            if padded and (value is None or np.any(value != 0)):
+                return False
+        return super().zero_output(view, tensor, axis, tied_inputs)

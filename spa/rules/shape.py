@@ -77,12 +77,14 @@ def _smaller(a: Product, b: Product) -> bool:
 
 
 def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False,
-                 live_digit: tuple[int, int] | None = None, taken_apart=lambda axis: False):
+                 live_digit: tuple[int, int] | None = None, taken_apart=lambda axis: False,
+                 merged_digits: set[tuple[int, int]] = frozenset()):
     """(other_axis, src, dst, digit) tying the live axis to the other side of a row-major reshape.
 
     When the live axis splits into several digits, one already live on the other side is taken
-    (a shuffle seen from its far end), otherwise the carrier policy chooses among those not taken
-    apart right after (a fused q/k/v axis that is sliced into q, k and v is not the heads). An axis of symbolic
+    (a shuffle seen from its far end), else the digit that was merged into the live axis just
+    before (a Flatten undone), else the carrier policy chooses among those not taken apart right
+    after (a fused q/k/v axis unbound into q, k and v is not the heads). An axis of symbolic
     size ("4*batch": a batch merged with heads) ties by its prunable digit (stride, size), which
     must sit in the static tail of the merged axes, below every symbolic one. Returns [] when the
     live axis has no partner (it is size 1), and raises Unknown when the live axis lies among dims
@@ -111,27 +113,59 @@ def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: s
             return [(other_axes[0], np.arange(size), np.arange(size), (stride, size))]
         raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
     return [(j, src, dst, None) for j, src, dst in
-            _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart)]
+            _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits)]
 
 
 def _taken_apart(graph, tensor: str, axis: int, depth: int = 4) -> bool:
-    """Whether the axis is cut into its separate indices right after (looking through moves of
-    axes): sliced, split or gathered along, as a fused q/k/v axis is."""
+    """Whether the axis is cut into its single indices right after (looking through moves of
+    axes): split into pieces of one, sliced or gathered one index at a time, as a fused q/k/v axis
+    is unbound into q, k and v."""
+    shape = graph.shape(tensor) or ()
+    rank = len(shape)
     for index in graph.tensors[tensor].consumers if depth else ():
         node = graph.nodes[index]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        rank = len(graph.shape(tensor) or ())
-        if node.op_type in ("Split", "Gather") and normalize_axis(attrs.get("axis", 0), max(rank, 1)) == axis:
-            return True
-        if node.op_type == "Slice":
-            axes = graph.value(node.input[3]) if len(node.input) > 3 and node.input[3] else range(rank)
-            if axes is not None and axis in [normalize_axis(int(a), rank) for a in axes]:
+        along = normalize_axis(attrs.get("axis", 0), max(rank, 1))
+        if node.op_type == "Split" and along == axis:
+            sizes = graph.value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            if (sizes is not None and np.all(sizes == 1)) or (sizes is None and len(node.output) == shape[axis]):
                 return True
+        if node.op_type == "Gather" and along == axis and graph.value(node.input[1]) is not None \
+                and graph.value(node.input[1]).ndim == 0:
+            return True
+        if node.op_type == "Slice" and all(graph.value(n) is not None for n in node.input[1:] if n):
+            starts, ends = graph.value(node.input[1]), graph.value(node.input[2])
+            axes = graph.value(node.input[3]) if len(node.input) > 3 and node.input[3] else range(len(starts))
+            axes = [normalize_axis(int(a), rank) for a in axes]
+            if axis in axes and isinstance(shape[axis], int):
+                i = axes.index(axis)
+                start, end = (min(max(int(v) + shape[axis] if v < 0 else int(v), 0), shape[axis]) for v in (starts[i], ends[i]))
+                if end - start == 1:
+                    return True
         if node.op_type == "Transpose" and _taken_apart(graph, node.output[0], list(attrs["perm"]).index(axis), depth - 1):
             return True
         if node.op_type in ("Identity", "Cast") and _taken_apart(graph, node.output[0], axis, depth - 1):
             return True
     return False
+
+
+def _merged_digits(view: NodeView, tensor: str, axis: int) -> set[tuple[int, int]]:
+    """When `tensor` comes from a re-view that merged live axes into `axis` (a Flatten), the
+    (stride, size) of those axes within it: reshaping back, the same digit carries the channels."""
+    graph = view.graph
+    producer = graph.tensors[tensor].producer
+    if producer is None or graph.nodes[producer].op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        return set()
+    source = graph.nodes[producer].input[0]
+    try:
+        runs = reshape_segments(view.shape(source), view.shape(tensor))
+    except Unknown:
+        return set()
+    for source_axes, axes in runs:
+        if axes == [axis] and all(isinstance(view.shape(source)[a], int) for a in source_axes):
+            sizes = [view.shape(source)[a] for a in source_axes]
+            return {(s, n) for a, s, n in zip(source_axes, _strides(sizes), sizes) if view.is_live(source, a)}
+    return set()
 
 
 def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
@@ -145,7 +179,7 @@ def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
     return list(zip(tail, _strides(sizes), sizes))
 
 
-def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart):
+def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits):
     """Ties inside a run of static axes: the same digit, a merge or a split (see the module doc)."""
     live_sizes, other_sizes = [live[a] for a in live_axes], [other[a] for a in other_axes]
     size = live[axis]
@@ -167,7 +201,8 @@ def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, take
         positions_ = np.arange(n)
         return [(j, (positions_ * s // live_stride) % size, positions_)]
     if insides:  # the live axis splits into several digits: one of them carries the channels
-        candidates = [k for k in insides if is_live(k[0])] or [k for k in insides if not taken_apart(k[0])] or insides
+        candidates = ([k for k in insides if is_live(k[0])] or [k for k in insides if (k[1] // live_stride, k[2]) in merged_digits]
+                      or [k for k in insides if not taken_apart(k[0])] or insides)
         j, s, n = (max if carrier == "outer" else min)(candidates, key=lambda k: k[1])
         return [(j, live_idx, (live_idx * live_stride // s) % n)]
     raise Unknown("the reshape mixes the pruned axis with others")
@@ -343,7 +378,7 @@ class Reshape(Rule):
         other = y if live_is_input else x
         ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier,
                             lambda a: view.is_live(other, a), view.digit_of(tensor, axis),
-                            lambda a: _taken_apart(view.graph, other, a))
+                            lambda a: _taken_apart(view.graph, other, a), _merged_digits(view, tensor, axis))
         verdicts = []
         for other_axis, src, dst, digit in ties:
             out_axis, in_axis = (other_axis, axis) if live_is_input else (axis, other_axis)
