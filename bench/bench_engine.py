@@ -97,8 +97,8 @@ def main():
     if tp_times:
         for exporter in ("dynamo", "torchscript"):
             t = figures[f"spa_{exporter}"]
-            print(f"{exporter}: SPA analyze is {tp_times['graph_s'] / t['analyze_s']:.2f}x Torch-Pruning's graph build; "
-                  f"SPA prune is {tp_times['prune_s'] / t['prune_s']:.2f}x Torch-Pruning's prune")
+            print(f"{exporter}: SPA's time over Torch-Pruning's: analyze (reading the file included) "
+                  f"{t['analyze_s'] / tp_times['graph_s']:.2f}x the graph build, prune {t['prune_s'] / tp_times['prune_s']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

@@ -108,7 +108,8 @@ def cmd_prune(args) -> int:
     )
     if not args.no_latency:
         feeds = random_inputs(pruned, batch=1)
-        report.latency = {"before": latency(args.model, feeds), "after": latency(pruned, feeds)}
+        before, after = latency([args.model, pruned], feeds)
+        report.latency = {"before": before, "after": after}
     save_model(pruned, output, protected=[args.model])
     print(prune_table(report))
     for kind, label, before, after in (("target_flops", "FLOPs", report.flops_before, report.flops_after),
@@ -120,10 +121,22 @@ def cmd_prune(args) -> int:
     if report.approximate:
         print(f"{len(report.approximate)} pruned group(s) are approximate (normalization over pruned channels); "
               "use --exact to prune only groups whose removal is exact")
+    if hint := no_faster_hint(report, args.round_to):
+        print(hint)
     print(f"\nwrote {output}")
     if args.report:
         _write_json(args.report, report.to_dict(), protected=[args.model, output])
     return 0
+
+
+def no_faster_hint(report, round_to: int) -> str | None:
+    """What to try when the pruned model measured no faster than the original."""
+    if not report.latency or report.latency["after"]["median_ms"] < report.latency["before"]["median_ms"]:
+        return None
+    if round_to % 8:  # onnxruntime's CPU convolutions work on blocks of 8 or 16 channels
+        return ("the pruned model is no faster here: try --round-to 8 (or 16), channel counts that "
+                "onnxruntime's CPU kernels run in whole blocks")
+    return "the pruned model is no faster here: prune more, or measure with `spa bench` at your batch size"
 
 
 def _before_after(label: str, before: float, after: float) -> list:
@@ -140,7 +153,7 @@ def prune_table(report) -> str:
     ]
     if report.latency:
         b, a = report.latency["before"]["median_ms"], report.latency["after"]["median_ms"]
-        rows.append(["latency, batch 1 (ms)", f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x faster" if a else "-"])
+        rows.append(["latency, batch 1 (ms)", f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x speed-up" if a else "-"])
     return table(rows, ["", "before", "after", "change"])
 
 
@@ -152,12 +165,12 @@ def cmd_bench(args) -> int:
     models = [args.model] + ([args.other] if args.other else [])
     loaded = [load_model(m)[0] for m in models]
     feeds = random_inputs(loaded[0], batch=args.batch)
-    rows, results = [], []
-    for path, model in zip(models, loaded):
-        if len(models) > 1 and [i.name for i in model.graph.input] != [i.name for i in loaded[0].graph.input]:
+    for path, model in zip(models[1:], loaded[1:]):
+        if [i.name for i in model.graph.input] != [i.name for i in loaded[0].graph.input]:
             raise SpaError(f"{path} takes different inputs than {models[0]}")
-        result = latency(path, feeds, warmup=args.warmup, repeats=args.runs, threads=args.threads)
-        results.append(result)
+    results = latency(models, feeds, warmup=args.warmup, repeats=args.runs, threads=args.threads)
+    rows = []
+    for path, result in zip(models, results):
         throughput = args.batch / (result["median_ms"] / 1e3)
         rows.append([os.path.basename(path), f"{result['median_ms']:.3f}", f"{result['p90_ms']:.3f}", f"{throughput:.1f}"])
     if len(results) == 2:

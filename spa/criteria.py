@@ -90,7 +90,7 @@ def _scales_or_weights(group: Group, graph) -> list[Member]:
 def member_unit_scores(member: Member, element_scores: np.ndarray) -> np.ndarray:
     """Per unit: the mean element score over the slices the unit owns on this member."""
     other_axes = tuple(a for a in range(element_scores.ndim) if a != member.axis)
-    per_index = element_scores.sum(axis=other_axes) if other_axes else element_scores
+    per_index = element_scores.sum(axis=other_axes, dtype=np.float64) if other_axes else element_scores
     slice_size = element_scores.size // max(element_scores.shape[member.axis], 1)
     per_index = per_index / max(slice_size, 1)
     counts = np.diff(member.offsets)
@@ -160,7 +160,8 @@ def member_scores(group: Group, graph, criterion: Criterion, stats: dict[str, di
     members = (criterion.members or scored_members)(group, graph)
     rows = []
     for m in members:
-        w = graph.value(m.tensor).astype(np.float64)
+        w = graph.value(m.tensor)
+        w = w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)  # sums are taken in float64
         tensor_stats = {k: np.asarray(stats[k].get(m.tensor, np.zeros(w.shape)), dtype=np.float64) for k in criterion.needs}
         rows.append(criterion.unit(member_unit_scores(m, criterion.element(w, tensor_stats))))
     return np.stack(rows) if rows else np.zeros((0, group.units))

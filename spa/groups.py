@@ -43,10 +43,8 @@ class Member:
 
     def units_indices(self, units) -> np.ndarray:
         """The indices along this dimension of the given units, sorted."""
-        units = list(units)
-        if not units:
-            return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate([self.unit(u) for u in units]))
+        owner = np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
+        return np.sort(self.indices[np.isin(owner, np.fromiter(units, dtype=np.int64))])
 
 
 @dataclass

@@ -115,19 +115,24 @@ def _feedable(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v for k, v in feeds.items()}
 
 
-def latency(model, feeds: dict[str, np.ndarray] | None = None, warmup: int = 5, repeats: int = 30,
-            threads: int | None = None) -> dict:
-    """Median and 90th-percentile wall time of one run, in milliseconds, after warm-up runs."""
-    sess = session(model, threads)
+def latency(models: list, feeds: dict[str, np.ndarray] | None = None, warmup: int = 5, repeats: int = 30,
+            threads: int | None = None) -> list[dict]:
+    """Median and 90th-percentile wall time of one run of each model, in milliseconds, after
+    warm-up runs. The models take turns, run after run, so that a change in the machine's load
+    weighs on all of them alike and their ratio holds."""
+    sessions = [session(m, threads) for m in models]
     if feeds is None:
-        feeds = random_inputs(model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False), batch=1)
+        first = models[0]
+        feeds = random_inputs(first if isinstance(first, onnx.ModelProto) else onnx.load(first, load_external_data=False), batch=1)
     feeds = _feedable(feeds)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
+    for sess in sessions:
+        for _ in range(warmup):
+            sess.run(None, feeds)
+    times = [[] for _ in sessions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "runs": repeats}
+        for sess, own in zip(sessions, times):
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            own.append((time.perf_counter() - start) * 1e3)
+    return [{"median_ms": statistics.median(t), "p90_ms": sorted(t)[int(0.9 * (len(t) - 1))], "runs": repeats}
+            for t in times]

@@ -51,6 +51,14 @@ def kept_count(n: int, remove: int, round_to: int) -> int:
     return kept
 
 
+def units_per_multiple(group: Group, round_to: int) -> int:
+    """The number of units whose channels make a multiple of `round_to`: round_to for units of
+    one channel; fewer for units that are blocks (an attention head is head_dim channels of every
+    projection, already a multiple of 8)."""
+    widths = [int(np.diff(m.offsets).min()) for m in group.params if len(m.offsets) > 1]
+    return round_to // math.gcd(round_to, min(widths, default=1))
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """What to reach: a ratio of channels removed, or the fraction of FLOPs or parameters left."""
@@ -166,7 +174,7 @@ class Plan:
         chosen = {}
         for g, k in counts.items():
             n = len(self.order[g])
-            k = n - kept_count(n, k, self.selection.round_to)
+            k = n - kept_count(n, k, units_per_multiple(self.analysis.groups[g], self.selection.round_to))
             if k > 0:
                 chosen[g] = np.sort(self.order[g][:k])
         return chosen

@@ -101,3 +101,20 @@ def test_existing_output_survives_a_failed_prune(tmp_path, model):
     out.write_bytes(b"keep me")
     assert_refused(spa("prune", model, "-o", out, "--criterion", "nonsense"))
     assert out.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("before_ms, after_ms, round_to, words", [
+    (4.0, 3.0, 1, None),                 # faster: nothing to say
+    (4.0, 4.2, 1, "--round-to 8"),       # odd channel counts: the blocked kernels' remainder
+    (4.0, 4.2, 8, "prune more"),         # already in blocks of 8
+])
+def test_a_prune_that_runs_no_faster_says_what_to_try(before_ms, after_ms, round_to, words):
+    from spa.api import Report
+    from spa.cli import no_faster_hint
+
+    report = Report(criterion="l1", ratio=0.3, scope="local", round_to=round_to, params_before=1, params_after=1,
+                    flops_before=1, flops_after=1, size_before=1, size_after=1, groups_total=1,
+                    groups_prunable=1, groups_pruned=1, channels=[], removed=[], blocked=[], approximate=[])
+    report.latency = {"before": {"median_ms": before_ms}, "after": {"median_ms": after_ms}}
+    hint = no_faster_hint(report, round_to)
+    assert hint is None if words is None else words in hint

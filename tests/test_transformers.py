@@ -1,11 +1,11 @@
 """Transformers: attention heads, MLP channels and the hidden size, on every transformer export.
 
 For every transformer of the zoo (hand-written and built from the transformers library's
-configurations; each export that works), the Keras and Flax ViTs, and the torch zoo's ViT: pruned
-at 30% and 50% of the heads, and of the MLP channels, the model runs with the original output
-shapes, loses exactly the parameters the removed units own, and passes the zeroing oracle; the
-hidden size prunes to a model that runs, with the asked channel counts; and the pruned model
-comes back to PyTorch.
+configurations; each export that works), the Keras and Flax ViTs, the torch zoo's ViT and
+torchvision's (nn.MultiheadAttention): pruned at 30% and 50% of the heads, and of the MLP
+channels, the model runs with the original output shapes, loses exactly the parameters the
+removed units own, and passes the zeroing oracle; the hidden size prunes to a model that runs,
+with the asked channel counts; and the pruned model comes back to PyTorch.
 """
 from __future__ import annotations
 
@@ -23,7 +23,24 @@ from spa.runtime import random_inputs, run
 CASES = [pytest.param(name, exporter, id=f"{name}-{exporter}", marks=[pytest.mark.slow] if entry.hf else [])
          for name, entry in TRANSFORMER_ZOO.items() for exporter in entry.exporters]
 CASES += [pytest.param("vit", "torch-zoo", id="vit-torch-zoo"), pytest.param("vit", "tf", id="vit-keras"),
-          pytest.param("vit", "jax", id="vit-flax")]
+          pytest.param("vit", "jax", id="vit-flax"), pytest.param("vit", "torchvision", id="vit-torchvision")]
+
+
+def torchvision_vit(path) -> str:
+    """torchvision's VisionTransformer, small: nn.MultiheadAttention packs q, k and v in one
+    projection and unbinds them through Unsqueeze, Transpose, Squeeze and Gather."""
+    import torch
+    import torchvision
+
+    from frontends.torch import export
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                 hidden_dim=64, mlp_dim=128, num_classes=10).eval()
+    with torch.no_grad():  # trained-like weights: no two parameters equal (an exporter would share them)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return export(model, torch.randn(1, 3, 32, 32), path)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +50,9 @@ def transformer_exports(tmp_path_factory, framework_exports):
 
     def get(name, exporter):
         if (name, exporter) not in cache:
-            if exporter == "torch-zoo":
+            if exporter == "torchvision":
+                cache[name, exporter] = torchvision_vit(folder / "vit-torchvision.onnx")
+            elif exporter == "torch-zoo":
                 cache[name, exporter] = framework_exports.get("torch", name)
             elif exporter in ("tf", "jax"):
                 pytest.importorskip("tensorflow" if exporter == "tf" else "flax")
@@ -47,7 +66,7 @@ def transformer_exports(tmp_path_factory, framework_exports):
 
 def feeds_for(name, exporter, model):
     """Token ids in range and proper padding masks for text models; random images otherwise."""
-    if exporter in ("torch-zoo", "tf", "jax"):
+    if exporter in ("torch-zoo", "tf", "jax", "torchvision"):
         return random_inputs(model)
     entry = TRANSFORMER_ZOO[name]
     return {n: t.numpy() for n, t in zip(entry.input_names, entry.example_inputs(batch=2))}
@@ -128,3 +147,14 @@ def test_head_and_hidden_ratios_of_their_own(transformer_exports, name, exporter
         assert ch["after"] == ch["before"] - math.floor(ratio * ch["before"]), ch
     with pytest.raises(spa.SpaError, match="head-ratio"):
         spa.prune(path, head_ratio=1.0)
+
+
+def test_round_to_counts_channels_not_heads(transformer_exports):
+    """--round-to 8 keeps channel counts at multiples of 8: a head (16 channels of each projection
+    here) already is one, so heads still go one by one; MLP channels go in eights."""
+    path = transformer_exports("bert_encoder", "torchscript")
+    _, report = spa.prune(path, ratio=0.3, head_ratio=0.5, hidden_ratio=0.0, round_to=8)
+    heads = [ch for ch in report.channels if ch["kind"] == "heads"]
+    assert heads and all(ch["after"] == ch["before"] // 2 for ch in heads), heads
+    mlp = [ch for ch in report.channels if ch["kind"] == "channels"]
+    assert mlp and all(ch["after"] % 8 == 0 and ch["after"] < ch["before"] for ch in mlp), mlp

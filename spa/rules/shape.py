@@ -116,7 +116,7 @@ def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: s
             _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits)]
 
 
-def _taken_apart(graph, tensor: str, axis: int, depth: int = 4) -> bool:
+def _taken_apart(graph, tensor: str, axis: int, depth: int = 6) -> bool:
     """Whether the axis is cut into its single indices right after (looking through moves of
     axes): split into pieces of one, sliced or gathered one index at a time, as a fused q/k/v axis
     is unbound into q, k and v."""
@@ -146,6 +146,14 @@ def _taken_apart(graph, tensor: str, axis: int, depth: int = 4) -> bool:
             return True
         if node.op_type in ("Identity", "Cast") and _taken_apart(graph, node.output[0], axis, depth - 1):
             return True
+        if node.op_type in ("Unsqueeze", "Squeeze", "Reshape", "Flatten") and graph.shape(node.output[0]):
+            try:  # a re-view that keeps the axis whole (torch's unbind adds and drops unit axes)
+                runs = reshape_segments(shape, graph.shape(node.output[0]))
+            except Unknown:
+                continue
+            moved = [out for run, out in runs if run == [axis] and len(out) == 1]
+            if moved and _taken_apart(graph, node.output[0], moved[0][0], depth - 1):
+                return True
     return False
 
 

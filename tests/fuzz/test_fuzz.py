@@ -12,9 +12,10 @@ prune of the pruned model): `spa.prune` either refuses with a one-line `spa.SpaE
   removed at ratio 0, and every `report.removed` entry names a parameter of the input model, an
   axis of it, sorted unique indices inside that axis, not all of them, and the pruned tensor has
   exactly that many fewer entries there (parameters not listed keep their shape);
-- each pruned group keeps at least one channel and, with round-to N, a multiple of N; in global
-  scope it loses at most 90% (max_ratio); in local scope exactly the prunable groups lose exactly
-  floor(r * n) channels, rounded up to a multiple of N (approximate ones left whole with exact);
+- each pruned group keeps at least one unit and, with round-to N, a multiple of N channels (a
+  unit can be several: a head, a slice of a channel shuffle); in global scope it loses at most
+  90% (max_ratio); in local scope exactly the prunable groups lose exactly floor(r * n) units,
+  fewer where needed to keep that multiple (approximate ones left whole with exact);
 - the pruned model satisfies the analysis invariants and passes the same checks when pruned again.
 
 Analysis invariants (test_analysis_invariants, and on every pruned model): `spa.analyze` gives the
@@ -57,7 +58,6 @@ from onnx import numpy_helper
 
 import spa
 from spa.oracle import max_relative_error
-from spa.targets import kept_count
 
 
 def _load_graphs():
@@ -181,6 +181,20 @@ def record(message: str):
         pass
 
 
+def unit_width(group) -> int:
+    """Channels per unit: the fewest indices a unit owns along any of the group's parameters."""
+    return min(len(m.unit(u)) for m in group.params for u in range(group.units))
+
+
+def rounded_kept(n: int, remove: int, round_to: int, width: int) -> int:
+    """Units kept of n when `remove` are asked to go: the fewest whose channels are a multiple of
+    round_to, or all n."""
+    kept = max(n - remove, 1)
+    while kept < n and kept * width % round_to:
+        kept += 1
+    return kept
+
+
 def check_prune(drawn: Drawn, ratio: float, scope: str, round_to: int, criterion: str, exact: bool, carrier: str,
                 steps: int = 1, again: bool = False):
     """The property (see the module doc); returns the report, or None for a clean refusal.
@@ -239,17 +253,19 @@ def check_prune(drawn: Drawn, ratio: float, scope: str, round_to: int, criterion
     assert float_params(pruned) <= float_params(model)
 
     # Channel counts per pruned group: local scope removes floor(ratio * n) of every prunable group
-    # (rounded to round_to), global scope no more than floor(max_ratio * n).
+    # (rounded so that the channels kept are a multiple of round_to: a unit of a channel shuffle
+    # or a head is several channels), global scope no more than floor(max_ratio * n).
+    analysis = spa.analyze(model, carrier=carrier)
     for c in report.channels:
         before, left = c["before"], c["after"]
         assert 1 <= left < before, c
         if round_to > 1:
-            assert left % round_to == 0, f"round-to {round_to}: group {c['group']} keeps {left}"
+            channels = left * unit_width(analysis.groups[c["group"]])
+            assert channels % round_to == 0, f"round-to {round_to}: group {c['group']} keeps {channels} channels"
         if steps == 1 and scope == "global":
             assert before - left <= math.floor(0.9 * before + 1e-9), f"group {c['group']} lost more than 90%: {c}"
     if steps == 1 and scope == "local":
-        analysis = spa.analyze(model, carrier=carrier)
-        want = {g.id: kept_count(g.units, min(math.floor(ratio * g.units + 1e-9), g.units - 1), round_to)
+        want = {g.id: rounded_kept(g.units, min(math.floor(ratio * g.units + 1e-9), g.units - 1), round_to, unit_width(g))
                 for g in analysis.prunable if not (exact and g.approximate)}
         want = {g: left for g, left in want.items() if left < analysis.groups[g].units}
         assert {c["group"]: c["after"] for c in report.channels} == want, f"ratio {ratio}: {report.channels}"
