@@ -141,7 +141,9 @@ def _prune_params(graph: Graph, edit: Edit, new_values: dict[str, np.ndarray]):
             raise SpaError(f"the new value of '{tensor}' has shape {value.shape}, not {graph.value(tensor).shape}")
         value = value.astype(graph.value(tensor).dtype, copy=False)
         for axis, indices in cuts:  # indices refer to the original positions on each axis
-            value = np.delete(value, indices, axis=axis)
+            kept = np.ones(value.shape[axis], dtype=bool)
+            kept[indices] = False
+            value = value.compress(kept, axis=axis)  # a few times faster than np.delete
         new = numpy_helper.from_array(value, tensor)
         if tensor in graph.copies or tensor in graph.constant_nodes:
             index = graph.tensors[tensor].producer
