@@ -3,7 +3,7 @@
     python bench/bench_latency.py [--models resnet18 resnet50 mobilenet_v2 vit_b_16 bert]
                                   [--ratios 0.3 0.5] [--round-to 1 8] [--batch 1] [--runs 30] [--threads N]
 
-Exports each model with random weights (torchvision's ResNet-18, ResNet-50, MobileNetV2 and
+Exports each model with random, all different weights (torchvision's ResNet-18, ResNet-50, MobileNetV2 and
 ViT-B/16 at 224x224; a 6-layer BERT-base from the `transformers` configuration classes, 128
 tokens), prunes it with L1 at each ratio (a transformer: that ratio of its heads and of its MLP
 channels, its hidden size left whole) and channel multiple (--round-to), and times the original
@@ -33,17 +33,23 @@ def export(name: str, path: str) -> str:
     if name in TORCHVISION:
         import torchvision
 
-        model = getattr(torchvision.models, name)(num_classes=1000).eval()
-        return export_torch(model, torch.randn(1, 3, 224, 224), path)
-    if name == "bert":
+        model, example, names = getattr(torchvision.models, name)(num_classes=1000), torch.randn(1, 3, 224, 224), {}
+    elif name == "bert":
         from transformers import BertConfig, BertForSequenceClassification
 
         config = BertConfig(num_hidden_layers=6, attn_implementation="sdpa")  # BERT-base, half the layers
-        model = BertForSequenceClassification(config).eval()
+        model = BertForSequenceClassification(config)
         tokens = torch.randint(0, config.vocab_size, (1, 128))
-        return export_torch(model, (tokens, torch.ones_like(tokens)), path,
-                            input_names=("input_ids", "attention_mask"), output_names=("logits",))
-    raise SystemExit(f"unknown model {name!r}: choose from {', '.join(TORCHVISION)}, bert")
+        example = (tokens, torch.ones_like(tokens))
+        names = {"input_names": ("input_ids", "attention_mask"), "output_names": ("logits",)}
+    else:
+        raise SystemExit(f"unknown model {name!r}: choose from {', '.join(TORCHVISION)}, bert")
+    # Trained-like weights: at initialization many parameters are equal (zero biases, unit norms),
+    # and the exporter shares equal constants, which would couple layers a trained model keeps apart.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return export_torch(model.eval(), example, path, **names)
 
 
 def main():

@@ -78,13 +78,14 @@ def _smaller(a: Product, b: Product) -> bool:
 
 def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: str, is_live=lambda axis: False,
                  live_digit: tuple[int, int] | None = None, taken_apart=lambda axis: False,
-                 merged_digits: set[tuple[int, int]] = frozenset()):
+                 merged_digits: set[tuple[int, int]] = frozenset(), assembled_digits: set[tuple[int, int]] = frozenset()):
     """(other_axis, src, dst, digit) tying the live axis to the other side of a row-major reshape.
 
     When the live axis splits into several digits, one already live on the other side is taken
     (a shuffle seen from its far end), else the digit that was merged into the live axis just
     before (a Flatten undone), else the carrier policy chooses among those not taken apart right
-    after (a fused q/k/v axis unbound into q, k and v is not the heads). An axis of symbolic
+    after (a fused q/k/v axis unbound into q, k and v is not the heads) nor numbering the pieces
+    of a Concat just before (a channel shuffle's branches). An axis of symbolic
     size ("4*batch": a batch merged with heads) ties by its prunable digit (stride, size), which
     must sit in the static tail of the merged axes, below every symbolic one. Returns [] when the
     live axis has no partner (it is size 1), and raises Unknown when the live axis lies among dims
@@ -113,7 +114,8 @@ def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: s
             return [(other_axes[0], np.arange(size), np.arange(size), (stride, size))]
         raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
     return [(j, src, dst, None) for j, src, dst in
-            _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits)]
+            _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits,
+                        assembled_digits)]
 
 
 def _taken_apart(graph, tensor: str, axis: int, depth: int = 6) -> bool:
@@ -176,6 +178,22 @@ def _merged_digits(view: NodeView, tensor: str, axis: int) -> set[tuple[int, int
     return set()
 
 
+def _assembled_digits(view: NodeView, tensor: str, axis: int) -> set[tuple[int, int]]:
+    """When `tensor` is a Concat of k equal pieces along `axis` (a channel shuffle's branches), the
+    digit (stride, size) = (piece, k) that numbers the pieces: it cannot carry prunable channels
+    (each of its units is a whole branch)."""
+    producer = view.graph.tensors[tensor].producer
+    if producer is None or view.graph.nodes[producer].op_type != "Concat":
+        return set()
+    node = view.graph.nodes[producer]
+    rank = len(view.shape(tensor))
+    along = normalize_axis(helper.get_attribute_value(next(a for a in node.attribute if a.name == "axis")), rank)
+    pieces = {view.shape(name)[axis] for name in node.input}
+    if along != axis or len(pieces) != 1 or not isinstance(next(iter(pieces)), int):
+        return set()
+    return {(pieces.pop(), len(node.input))}
+
+
 def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
     """(axis, stride, size) of the static axes below the last symbolic one of a run; None if a
     symbolic axis sits below a static one (no digit can be read off then)."""
@@ -187,7 +205,8 @@ def _static_tail(shape, axes) -> list[tuple[int, int, int]] | None:
     return list(zip(tail, _strides(sizes), sizes))
 
 
-def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits):
+def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits,
+                assembled_digits):
     """Ties inside a run of static axes: the same digit, a merge or a split (see the module doc)."""
     live_sizes, other_sizes = [live[a] for a in live_axes], [other[a] for a in other_axes]
     size = live[axis]
@@ -209,7 +228,9 @@ def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, take
         positions_ = np.arange(n)
         return [(j, (positions_ * s // live_stride) % size, positions_)]
     if insides:  # the live axis splits into several digits: one of them carries the channels
-        candidates = ([k for k in insides if is_live(k[0])] or [k for k in insides if (k[1] // live_stride, k[2]) in merged_digits]
+        digit = lambda k: (k[1] // live_stride, k[2])  # noqa: E731 (stride within the live axis, size)
+        candidates = ([k for k in insides if is_live(k[0])] or [k for k in insides if digit(k) in merged_digits]
+                      or [k for k in insides if not taken_apart(k[0]) and digit(k) not in assembled_digits]
                       or [k for k in insides if not taken_apart(k[0])] or insides)
         j, s, n = (max if carrier == "outer" else min)(candidates, key=lambda k: k[1])
         return [(j, live_idx, (live_idx * live_stride // s) % n)]
@@ -386,7 +407,8 @@ class Reshape(Rule):
         other = y if live_is_input else x
         ties = reshape_ties(view.shape(x), view.shape(y), axis, live_is_input, view.carrier,
                             lambda a: view.is_live(other, a), view.digit_of(tensor, axis),
-                            lambda a: _taken_apart(view.graph, other, a), _merged_digits(view, tensor, axis))
+                            lambda a: _taken_apart(view.graph, other, a), _merged_digits(view, tensor, axis),
+                            _assembled_digits(view, tensor, axis))
         verdicts = []
         for other_axis, src, dst, digit in ties:
             out_axis, in_axis = (other_axis, axis) if live_is_input else (axis, other_axis)

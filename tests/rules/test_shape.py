@@ -312,6 +312,24 @@ def test_channel_shuffle_is_exact(carrier):
     assert node_input_value(pruned, "r2", 1).tolist() == [2, 4, 6, 6]
 
 
+def test_shuffle_of_concatenated_branches_prunes_channel_pairs():
+    """ShuffleNetV2: two branches concatenated, then shuffled. The digit numbering the branches
+    would make each unit a whole branch (both always kept); the channel digit is taken instead:
+    unit c is channel c of each branch."""
+    b = Builder()
+    x = b.input((2, 4, 6, 6))
+    h = b.op("Concat", [b.conv(x, 4, name="a"), b.conv(x, 4, name="b")], axis=1)
+    h = b.op("Reshape", [h, b.const("s1", [2, 2, 4, 6, 6])], name="r1")
+    h = b.op("Transpose", [h], perm=[0, 2, 1, 3, 4])
+    b.output(b.conv(b.op("Reshape", [h, b.const("s2", [2, 8, 6, 6])], name="r2"), 3, name="c"))
+    model = b.build()
+    group = group_of(model, "a.W", 0)
+    assert group.prunable and group.units == 4
+    assert units(group, "a.W", 0)[1] == [1] and units(group, "b.W", 0)[1] == [1] and units(group, "c.W", 1)[1] == [2, 3]
+    pruned, _ = check_prune(model)
+    assert node_input_value(pruned, "r1", 1).tolist() == [2, 2, 2, 6, 6]
+
+
 def test_reshape_merging_channel_pairs_into_rows():
     """(2, 8, 6, 6) -> (2, 4, 12, 6): output channel k holds input channels 2k and 2k + 1."""
     model = sandwich(lambda b, h: b.op("Reshape", [h, b.const("shape", [2, 4, 12, 6])], name="mix"))
