@@ -301,13 +301,20 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad options reported in one line like every other error (usage: --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .criteria import (AGGREGATIONS, CRITERIA, DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION,
                            NORMALIZATIONS)
     from .rules.shape import CARRIERS
     from .targets import SCOPES
 
-    parser = argparse.ArgumentParser(prog="spa", description="SPA: structurally prune any ONNX model.")
+    parser = _Parser(prog="spa", description="SPA: structurally prune any ONNX model.")
     parser.add_argument("--version", action="version", version=f"spa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

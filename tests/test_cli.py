@@ -73,6 +73,8 @@ def test_bad_model_files_are_refused(tmp_path, model):
     (["--criterion", "nonsense"], ["criterion", "nonsense"]),
     (["--keep", "no_such_node"], ["no_such_node"]),
     (["--round-to", "0"], ["round-to"]),
+    (["--steps", "abc"], ["--steps", "abc"]),        # argparse's own errors are one line too
+    (["--no-such-option"], ["--no-such-option"]),
 ])
 def test_bad_options_are_refused(tmp_path, model, args, words):
     out = tmp_path / "out.onnx"
