@@ -62,6 +62,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     args = parser.parse_args()
 
+    import onnx
+
     import spa
     from spa.cli import table
     from spa.runtime import latency, random_inputs
@@ -71,7 +73,7 @@ def main():
         for name in args.models:
             path = export(name, os.path.join(tmp, f"{name}.onnx"))
             kinds = {g.kind for g in spa.analyze(path).prunable}
-            model = spa.Graph.load(path).model
+            model = onnx.load(path)
             for ratio, round_to in itertools.product(args.ratios, args.round_to):
                 # a transformer: heads and MLP channels; its hidden size (approximate: LayerNorm) stays
                 heads = {"head_ratio": ratio, "hidden_ratio": 0.0} if "heads" in kinds else {}

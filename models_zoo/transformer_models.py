@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models_zoo.torch_models import ZooEntry, init_model
+from models_zoo.torch_models import Attention, ZooEntry, init_model
 
 __all__ = [
     "TransformerZooEntry", "TRANSFORMER_ZOO", "build", "example_inputs", "export_transformer",
@@ -292,16 +292,9 @@ def gqa_decoder(seed: int = 0) -> nn.Module:
 # vit_sdpa
 # --------------------------------------------------------------------------------------------
 
-class SDPAAttention(nn.Module):
-    """Separate q/k/v Linears, heads split by reshape, ``F.scaled_dot_product_attention``."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+class SDPAAttention(Attention):
+    """The torch zoo ViT's attention (separate q/k/v Linears, heads split by reshape), computed
+    with ``F.scaled_dot_product_attention``."""
 
     def forward(self, x):
         b, n, c = x.shape
