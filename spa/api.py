@@ -10,13 +10,15 @@ import numpy as np
 import onnx
 
 from .calib import load_calibration
+from .conform import default_opset, restore
 from .criteria import DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION, check_scoring, needs_data, score_groups
 from .errors import SpaError
 from .graph import Graph
 from .groups import Analysis, analyze
+from .inputs import choose_shapes
 from .lineage import Lineage
 from .metrics import count_flops, count_params, file_size
-from .rewrite import rewrite, validate
+from .rewrite import RewriteError, rewrite, validate
 from .targets import Selection, Target, check_ratio, choose
 
 
@@ -43,6 +45,9 @@ class Report:
     blocked: list = field(default_factory=list)  # per blocked group: id, channels, reasons
     approximate: list = field(default_factory=list)  # pruned groups whose result is not exact
     latency: dict = field(default_factory=dict)
+    opset: dict = field(default_factory=dict)  # input, analyzed and written opsets
+    input_shapes: dict = field(default_factory=dict)  # the sizes SPA ran the model at
+    notes: list = field(default_factory=list)  # one line each: what SPA chose or could not do
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +72,8 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
           steps: int = 1, isomorphic: bool = False, aggregate: str = DEFAULT_AGGREGATION,
           normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
           progress: bool = False, head_ratio: float | None = None, hidden_ratio: float | None = None,
-          obspa: dict | None = None) -> tuple[onnx.ModelProto, Report]:
+          obspa: dict | None = None, input_shapes: dict | None = None,
+          opset: int | None = None) -> tuple[onnx.ModelProto, Report]:
     """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
     and onnxruntime unless check=False) and a Report.
 
@@ -89,6 +95,10 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     with none, from inputs it makes; `obspa` holds its settings (data_free, samples, damp, ...: see
     spa.obspa.Obspa). With exact=True, groups whose removal changes a
     normalization over them (LayerNorm over hidden channels) are left whole.
+    `input_shapes` (input name -> shape) are the sizes SPA runs the model at; without them,
+    sizes that run are picked (spa.inputs). The pruned model is written at the input's opset, or
+    at `opset`. A group whose removal cannot be rewritten, or breaks the final check, is blocked
+    with the reason and the rest pruned again.
     """
     target = Target.from_options(ratio, target_flops, target_params)
     if scope is None:
@@ -100,42 +110,59 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     if not surgery:
         check_scoring(criterion, aggregate, normalize)
     _count(batch_size, "--calib-batch")
+    own_ratios = _own_ratios(head_ratio, hidden_ratio)
     graph = Graph.load(model)
+    shapes, shape_note = choose_shapes(graph.model, input_shapes)
     if calib is not None and (surgery or needs_data(criterion)):
         calib = load_calibration(calib, graph.model)  # checked once, before any work
     scoring = dict(criterion=criterion, seed=seed, aggregate=aggregate, normalize=normalize, calib=calib,
                    pseudo_labels=pseudo_labels, batch_size=batch_size, progress=progress)
     original = analyze(graph, keep=keep, carrier=carrier)
+    settings = dict(criterion=criterion, ratio=target.value if target.kind == "ratio" else 0.0, scope=scope,
+                    round_to=round_to, shapes=shapes, opset=opset, notes=[shape_note] if shape_note else [])
+    while True:
+        chosen, surgeon = _select(original, selection, scoring, surgery, obspa, exact, keep, own_ratios)
+        with surgeon or contextlib.nullcontext():
+            new_values = surgeon.compensation(chosen) if surgeon else None
+        try:
+            return apply(original, chosen, check=check, new_values=new_values, **settings)
+        except GroupsFailed as failed:  # blocked now; the others are chosen again without them
+            for g in failed.groups:
+                original.groups[g].blocked.append(failed.reason)
+
+
+def _select(original: Analysis, selection: Selection, scoring: dict, surgery: bool, obspa: dict | None, exact: bool,
+            keep, own_ratios) -> tuple[dict[int, np.ndarray], object]:
+    """Score the prunable groups and choose the units to remove (group id -> unit positions in
+    the original), over `selection.steps` rounds; with OBSPA, also the surgeon that compensates."""
+    graph = original.graph
     cost = {"flops": count_flops(graph), "params": count_params(graph)}
     lineage = Lineage(original)
     analysis = original
-    own_ratios = _own_ratios(head_ratio, hidden_ratio)
     surgeon = None
     for step in range(1, selection.steps + 1):
         groups = [g for g in analysis.prunable if not (exact and g.approximate) and (step == 1 or lineage.whole_units(g))]
         if surgery:
             from .obspa import Obspa  # torch, imported only when asked for
 
-            surgeon = Obspa(analysis, calib=calib, seed=seed, batch_size=batch_size, progress=progress, **(obspa or {}))
+            surgeon = Obspa(analysis, calib=scoring["calib"], seed=scoring["seed"], batch_size=scoring["batch_size"],
+                            progress=scoring["progress"], **(obspa or {}))
             scores = surgeon.scores(groups)
         else:
             scores = score_groups(analysis, groups=groups, **scoring)
         units = lineage.original_units(analysis)
         chosen = {}
         for kinds, kind_ratio in own_ratios:
-            own = Selection(Target.from_options(kind_ratio), "local", round_to, max_ratio, selection.steps)
+            own = Selection(Target.from_options(kind_ratio), "local", selection.round_to, selection.max_ratio, selection.steps)
             chosen |= choose(analysis, {g.id: scores[g.id] for g in groups if g.kind in kinds}, own, step, units)
         rest = {g.id: scores[g.id] for g in groups if not any(g.kind in kinds for kinds, _ in own_ratios)}
         chosen |= choose(analysis, rest, selection, step, units, cost, already=chosen)
         removed = removed_slices(analysis, chosen)
         lineage.record(removed, analysis.graph)
         if step < selection.steps:
-            analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits), keep=keep, carrier=carrier)
-    chosen = lineage.removed_units()
-    with surgeon or contextlib.nullcontext():
-        new_values = surgeon.compensation(chosen) if surgeon else None
-    return apply(original, chosen, check=check, new_values=new_values, criterion=criterion,
-                 ratio=target.value if target.kind == "ratio" else 0.0, scope=scope, round_to=round_to)
+            analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits),
+                               keep=keep, carrier=original.carrier)
+    return lineage.removed_units(), surgeon
 
 
 def _own_ratios(head_ratio: float | None, hidden_ratio: float | None) -> list[tuple[tuple[str, ...], float]]:
@@ -154,33 +181,85 @@ def _count(value, name: str) -> int:
     return int(value)
 
 
+class GroupsFailed(SpaError):
+    """Removing these groups' channels cannot be rewritten, or breaks the pruned model: `reason`."""
+
+    def __init__(self, groups: set[int], reason: str):
+        super().__init__(f"groups {', '.join(map(str, sorted(groups)))}: {reason}")
+        self.groups, self.reason = groups, reason
+
+
 def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
-          new_values: dict[str, np.ndarray] | None = None, **settings) -> tuple[onnx.ModelProto, Report]:
+          new_values: dict[str, np.ndarray] | None = None, shapes: dict | None = None, opset: int | None = None,
+          notes=(), **settings) -> tuple[onnx.ModelProto, Report]:
     """Remove the chosen units (group id -> unit positions) and report. `new_values` (parameter
-    name -> array in its original shape) replaces parameters first (compensated weights)."""
+    name -> array in its original shape) replaces parameters first (compensated weights).
+    `shapes` are the input sizes the check runs at (spa.inputs); the model is written at the
+    input's opset or `opset`. GroupsFailed names the groups whose removal cannot be done."""
     graph = analysis.graph
-    removed = removed_slices(analysis, chosen)
-    pruned = rewrite(graph, removed, analysis.carrier, new_values, analysis.digits)
-    if check:
-        validate(pruned, graph.model)
+    pruned = _rewritten(analysis, chosen, new_values, shapes, check)
     after = Graph(pruned)
+    notes = list(notes)
+    written, note = restore(pruned, graph.origin, opset, shapes)
+    notes += [note] if note else []
     report = Report(
         criterion=settings.get("criterion", ""), ratio=settings.get("ratio", 0.0), scope=settings.get("scope", "local"),
         round_to=settings.get("round_to", 1),
         params_before=count_params(graph), params_after=count_params(after),
         flops_before=count_flops(graph), flops_after=count_flops(after),
-        size_before=file_size(graph.model) if graph.path is None else _size_on_disk(graph), size_after=file_size(pruned),
+        size_before=file_size(graph.model) if graph.path is None else _size_on_disk(graph), size_after=file_size(written),
         groups_total=len(analysis.groups), groups_prunable=len(analysis.prunable), groups_pruned=len(chosen),
         channels=[{"group": g, "kind": analysis.groups[g].kind, "before": analysis.groups[g].units,
                    "after": analysis.groups[g].units - len(u)}
                   for g, u in sorted(chosen.items())],
         removed=[{"tensor": t, "axis": int(a), "indices": idx.tolist()}
-                 for (t, a), idx in sorted(removed.items(), key=lambda kv: (graph.param_position(kv[0][0]), kv[0][1]))
+                 for (t, a), idx in sorted(removed_slices(analysis, chosen).items(),
+                                           key=lambda kv: (graph.param_position(kv[0][0]), kv[0][1]))
                  if graph.is_param(t)],
         blocked=[{"group": g.id, "channels": g.units, "reasons": g.blocked} for g in analysis.blocked],
         approximate=[g for g in sorted(chosen) if analysis.groups[g].approximate],
+        opset={"input": graph.origin.opset, "analyzed": graph.opset, "written": default_opset(written)},
+        input_shapes={n: list(s) for n, s in (shapes or {}).items()},
+        notes=notes,
     )
-    return pruned, report
+    return written, report
+
+
+def _rewritten(analysis: Analysis, chosen: dict[int, np.ndarray], new_values, shapes, check: bool) -> onnx.ModelProto:
+    """The pruned model, checked; GroupsFailed with the groups that cannot be removed, found by
+    the node a rewrite stopped at, or for a failed check by halving the chosen groups."""
+    def attempt(subset: dict[int, np.ndarray]) -> onnx.ModelProto:
+        pruned = rewrite(analysis.graph, removed_slices(analysis, subset), analysis.carrier, new_values, analysis.digits)
+        if check:
+            validate(pruned, analysis.graph.model, shapes)
+        return pruned
+
+    try:
+        return attempt(chosen)
+    except RewriteError as e:
+        node = analysis.graph.nodes[e.node]
+        touched = set(node.input) | set(node.output)
+        culprits = {g for g in chosen if any(m.tensor in touched for m in analysis.groups[g].members)}
+        raise GroupsFailed(culprits or set(chosen), f"cannot be rewritten: {e}") from None
+    except SpaError as e:
+        if not chosen:
+            raise
+        raise GroupsFailed(_culprits(chosen, attempt), f"breaks the pruned model ({e})") from None
+
+
+def _culprits(chosen: dict[int, np.ndarray], attempt) -> set[int]:
+    """The groups of `chosen` that make `attempt` fail on their own, by halving the set."""
+    ids = sorted(chosen)
+    if len(ids) == 1:
+        return set(ids)
+    found = set()
+    for part in (ids[:len(ids) // 2], ids[len(ids) // 2:]):
+        subset = {g: chosen[g] for g in part}
+        try:
+            attempt(subset)
+        except SpaError:
+            found |= _culprits(subset, attempt)
+    return found or set(ids)  # only together do they fail
 
 
 def _size_on_disk(graph: Graph) -> int:

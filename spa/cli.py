@@ -38,20 +38,30 @@ def _human(n: float) -> str:
 
 
 # ----------------------------------------------------------------------------- analyze
-def _check_runs(graph):
+def _check_runs(graph, given: dict) -> str | None:
     """A model onnxruntime cannot run is broken (an absurd attribute, say): say so. Models with
-    operators of custom domains are analyzed without this check."""
+    operators of custom domains are analyzed without this check. Returns the note on the input
+    sizes SPA picked, if it picked them."""
+    from .inputs import choose_shapes
     from .runtime import random_inputs, run
 
     if all(n.domain in ("", "ai.onnx", "com.microsoft") for n in graph.nodes) and graph.path:
-        run(graph.path, random_inputs(graph.model, batch=1))
+        shapes, note = choose_shapes(graph.model, given)
+        run(graph.model, random_inputs(graph.model, batch=1, shapes=shapes))
+        return note
+    return None
 
 
 def cmd_analyze(args) -> int:
     from .groups import analyze
 
     analysis = analyze(args.model, keep=args.keep, carrier=args.carrier)
-    _check_runs(analysis.graph)
+    note = _check_runs(analysis.graph, args.input_shape)
+    origin = analysis.graph.origin
+    if origin.converted:
+        print(f"opset {origin.opset}: analyzed at opset {analysis.graph.opset} (spa prune writes opset {origin.opset} back)")
+    if note:
+        print(note)
     rows = []
     for g in analysis.groups:
         params = g.params
@@ -104,13 +114,15 @@ def cmd_prune(args) -> int:
         pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=sys.stderr.isatty(),
         head_ratio=args.head_ratio,
         obspa={"data_free": args.data_free, **({"samples": args.samples} if args.samples else {})},
-        hidden_ratio=args.hidden_ratio, **targets,
+        hidden_ratio=args.hidden_ratio, input_shapes=args.input_shape, opset=args.opset, **targets,
     )
     if not args.no_latency:
-        feeds = random_inputs(pruned, batch=1)
+        feeds = random_inputs(pruned, batch=1, shapes=report.input_shapes)
         before, after = latency([args.model, pruned], feeds)
         report.latency = {"before": before, "after": after}
     save_model(pruned, output, protected=[args.model])
+    for note in report.notes:
+        print(note)
     print(prune_table(report))
     for kind, label, before, after in (("target_flops", "FLOPs", report.flops_before, report.flops_after),
                                        ("target_params", "parameters", report.params_before, report.params_after)):
@@ -123,7 +135,7 @@ def cmd_prune(args) -> int:
               "use --exact to prune only groups whose removal is exact")
     if hint := no_faster_hint(report, args.round_to):
         print(hint)
-    print(f"\nwrote {output}")
+    print(f"\nwrote {output} (opset {report.opset['written']})")
     if args.report:
         _write_json(args.report, report.to_dict(), protected=[args.model, output])
     return 0
@@ -162,9 +174,14 @@ def cmd_bench(args) -> int:
     from .graph import load_model
     from .runtime import latency, random_inputs
 
+    from .inputs import choose_shapes
+
     models = [args.model] + ([args.other] if args.other else [])
     loaded = [load_model(m)[0] for m in models]
-    feeds = random_inputs(loaded[0], batch=args.batch)
+    shapes, note = choose_shapes(loaded[0], args.input_shape)
+    if note:
+        print(note)
+    feeds = random_inputs(loaded[0], batch=args.batch, shapes=shapes)
     for path, model in zip(models[1:], loaded[1:]):
         if [i.name for i in model.graph.input] != [i.name for i in loaded[0].graph.input]:
             raise SpaError(f"{path} takes different inputs than {models[0]}")
@@ -301,6 +318,15 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text}") from None
 
 
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    from .inputs import parse_input_shape
+
+    try:
+        return parse_input_shape(text)
+    except SpaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with bad options reported in one line like every other error (usage: --help)."""
 
@@ -318,8 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def input_shape(p):
+        p.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME=D1,D2,...",
+                       help="the size to run input NAME at (repeatable), e.g. images=1,3,320,320; "
+                            "without it, symbolic sizes are picked by trying usual ones")
+
     def common(p):
         p.add_argument("model", help="the ONNX model")
+        input_shape(p)
         p.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="node or tensor names never to prune")
         p.add_argument("--carrier", choices=CARRIERS, default="outer",
                        help="when a reshape splits channels (e.g. into attention heads), prune whole outer slices "
@@ -378,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for the random criterion")
     p.add_argument("--report", metavar="OUT.json", help="write the report as JSON")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="write the pruned model at opset N (default: the input model's opset)")
     p.set_defaults(run=cmd_prune)
 
     p = sub.add_parser("export", help="export a zoo model to ONNX")
@@ -396,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    input_shape(p)
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("train", help="train with HSPG or DHSPG, then remove the channels that trained to zero")
@@ -420,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "input_shape"):
+        args.input_shape = dict(args.input_shape)
     try:
         return args.run(args)
     except SpaError as e:

@@ -21,11 +21,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
+from .conform import Origin, conform, default_opset
 from .errors import SpaError
 from .fold import MAX_ELEMENTS, fold_shapes, reshape_shapes
 from .protos import constant_node_value, outer_scope_names
 
-SUPPORTED_OPSETS = range(13, 24)
 # Initializers up to this many elements keep their values in the shape-inference skeleton, so that
 # data propagation sees shape constants; larger ones are sent as dims only (much faster).
 _SKELETON_MAX_ELEMENTS = MAX_ELEMENTS
@@ -67,7 +67,8 @@ class Graph:
         self.partial_values: dict[str, np.ndarray] = known
         self.base_dir = base_dir  # where external data lives; it is read only when a value is needed
         self.path: str | None = None  # the file the model was loaded from, if any
-        self.opset = _default_opset(model)
+        self.opset = default_opset(model)
+        self.origin = Origin(self.opset, model.ir_version)  # what the file was before spa.conform
         self.nodes = list(model.graph.node)
         self.inputs = [i.name for i in model.graph.input]
         self.outputs = [o.name for o in model.graph.output]
@@ -94,7 +95,9 @@ class Graph:
         else:
             model, base_dir = load_model(source)
         _check_model(model)
+        model, origin = conform(model)
         graph = cls(model, base_dir)
+        graph.origin = origin
         graph.path = None if isinstance(source, onnx.ModelProto) else os.fspath(source)
         return graph
 
@@ -251,22 +254,10 @@ def read_initializer(tensor: TensorProto, base_dir: str | None) -> np.ndarray:
     return numpy_helper.to_array(inline)
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    raise SpaError("the model imports no version of the default ONNX operator set")
-
-
 def _check_model(model: onnx.ModelProto):
     if not model.graph.node:
         raise SpaError("the model holds no ONNX graph (no nodes)")
-    opset = _default_opset(model)
-    if opset not in SUPPORTED_OPSETS:
-        raise SpaError(
-            f"opset {opset} is not supported (SPA handles opsets {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}); "
-            "convert it with onnx.version_converter.convert_version first"
-        )
+    default_opset(model)
     try:
         onnx.checker.check_model(_skeleton(model))
     except onnx.checker.ValidationError as e:

@@ -273,7 +273,10 @@ class _Propagation:
                     self.blocks.append((dim, None, f"the size of axis {verdict.axis} of '{verdict.tensor}' is unknown"))
                     continue
                 if len(verdict.dst) and (verdict.dst.max() >= self.sizes[target] or verdict.src.max() >= self.sizes[dim]):
-                    raise AssertionError(f"rule for {node.op_type} tied indices out of range")
+                    # shapes that disagree with each other (a stale declaration): never guess
+                    self.blocks.append((dim, None, f"{node.op_type} '{view.name}' sees sizes that disagree "
+                                                   f"('{verdict.tensor}' axis {verdict.axis} against '{tensor}' axis {axis})"))
+                    continue
                 self.edges.append((self.offsets[dim] + verdict.src, self.offsets[target] + verdict.dst))
                 self.dim_nodes.setdefault(target, set()).add(index)
                 self.node_ties.setdefault(index, set()).add((dim, target))

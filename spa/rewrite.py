@@ -16,9 +16,17 @@ from onnx import helper, numpy_helper
 
 from .errors import SpaError
 from .graph import Graph, _check_model, _skeleton
-from .protos import still_read
+from .protos import node_reads, still_read
 from .rules import NodeView, Unknown, rule_for
 from .symbols import Product
+
+
+class RewriteError(SpaError):
+    """An operator's rule cannot fix the operator for the removed channels (`node`: its index)."""
+
+    def __init__(self, node: int, reason: str):
+        super().__init__(reason)
+        self.node = node
 
 
 class Edit:
@@ -120,11 +128,11 @@ def rewrite(graph: Graph, removed: dict[tuple[str, int], np.ndarray], carrier: s
     for index in sorted(i for i in touched if i is not None and i not in edit.dropped):
         rule = rule_for(graph.nodes[index])
         if rule is None:
-            raise SpaError(f"internal error: a pruned dimension reaches {graph.nodes[index].op_type} without a rule")
+            raise RewriteError(index, f"a pruned dimension reaches {graph.nodes[index].op_type} without a rule")
         try:
             rule.rewrite(NodeView(graph, index, carrier), edit)
         except Unknown as e:
-            raise SpaError(f"cannot rewrite {graph.node_name(index)}: {e}") from None
+            raise RewriteError(index, f"cannot rewrite {graph.node_name(index)}: {e}") from None
     return _assemble(graph, edit)
 
 
@@ -164,6 +172,7 @@ def _assemble(graph: Graph, edit: Edit) -> onnx.ModelProto:
         nodes.extend(edit.inserted.get(i, []))
         if i not in edit.dropped:
             nodes.append(node)
+    nodes = _without_dead(nodes, old.graph)
     initializers = still_read(initializers, old.graph.node, nodes, old.graph)
     value_info = [_resized(vi, edit) for vi in old.graph.value_info]
     new_graph = helper.make_graph(
@@ -177,6 +186,18 @@ def _assemble(graph: Graph, edit: Edit) -> onnx.ModelProto:
     model.functions.extend(old.functions)
     model.metadata_props.extend(old.metadata_props)
     return model
+
+
+def _without_dead(nodes: list[onnx.NodeProto], old: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes less those the prune left unread (the chain that made a state now dropped); nodes
+    the original already left unread stay, as the user had them."""
+    read_before = {n for node in old.node for n in node_reads(node)} | {o.name for o in old.output}
+    while True:
+        read = {n for node in nodes for n in node_reads(node)} | {o.name for o in old.output}
+        live = [node for node in nodes if any(o in read or o not in read_before for o in node.output if o)]
+        if len(live) == len(nodes):
+            return nodes
+        nodes = live
 
 
 def _resized(value_info: onnx.ValueInfoProto, edit: Edit) -> onnx.ValueInfoProto:
@@ -193,9 +214,10 @@ def _resized(value_info: onnx.ValueInfoProto, edit: Edit) -> onnx.ValueInfoProto
     return new
 
 
-def validate(model: onnx.ModelProto, reference: onnx.ModelProto | None = None):
+def validate(model: onnx.ModelProto, reference: onnx.ModelProto | None = None, shapes: dict | None = None):
     """Raise SpaError unless the model passes onnx.checker, strict shape inference, and runs in
-    onnxruntime with outputs of the ranks and static sizes the reference model declares."""
+    onnxruntime (at input sizes `shapes`, see spa.inputs) with outputs of the ranks and static
+    sizes the reference model declares."""
     try:
         _check_model(model)
     except SpaError as e:
@@ -207,7 +229,7 @@ def validate(model: onnx.ModelProto, reference: onnx.ModelProto | None = None):
             raise SpaError(f"the pruned model fails shape inference: {str(e).splitlines()[0][:200]}") from None
     from .runtime import random_inputs, run
 
-    outputs = run(model, random_inputs(model, batch=1))
+    outputs = run(model, random_inputs(model, batch=1, shapes=shapes))
     declared = reference.graph.output if reference is not None else []
     for vi, got in zip(declared, outputs):
         want = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]

@@ -46,6 +46,13 @@ def session(model, threads: int | None = None) -> ort.InferenceSession:
         raise SpaError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
 
 
+def quiet() -> ort.RunOptions:
+    """Run options under which a failing run raises without printing onnxruntime's log lines."""
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
 def has_bfloat16(model: onnx.ModelProto) -> bool:
     return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in model.graph.initializer) or any(
         vi.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for vi in list(model.graph.input) + list(model.graph.output))
@@ -81,8 +88,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def random_inputs(model: onnx.ModelProto, batch: int = 2, other_dims: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds: symbolic dims become `batch` on axis 0 and `other_dims` elsewhere.
+def random_inputs(model: onnx.ModelProto, batch: int = 2, other_dims: int = 4, seed: int = 0,
+                  shapes: dict | None = None) -> dict[str, np.ndarray]:
+    """Random feeds. `shapes` (input name -> shape, see spa.inputs.choose_shapes) gives the sizes,
+    a symbolic axis 0 taking `batch`; without it, symbolic dims become `batch` on axis 0 and
+    `other_dims` elsewhere.
 
     Floats are standard normal; integers and booleans are zeros (valid as indices of any table).
     """
@@ -90,10 +100,9 @@ def random_inputs(model: onnx.ModelProto, batch: int = 2, other_dims: int = 4, s
     feeds = {}
     for vi in graph_inputs(model):
         tensor_type = vi.type.tensor_type
-        shape = [
-            d.dim_value if d.HasField("dim_value") else (batch if axis == 0 else other_dims)
-            for axis, d in enumerate(tensor_type.shape.dim)
-        ]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+        chosen = (shapes or {}).get(vi.name) or [other_dims] * len(dims)
+        shape = [d if d is not None else (batch if axis == 0 else chosen[axis]) for axis, d in enumerate(dims)]
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating) or dtype.name in ("bfloat16",):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
@@ -105,7 +114,7 @@ def random_inputs(model: onnx.ModelProto, batch: int = 2, other_dims: int = 4, s
 def run(model, feeds: dict[str, np.ndarray], sess: ort.InferenceSession | None = None) -> list[np.ndarray]:
     sess = sess or session(model)
     try:
-        return sess.run(None, _feedable(feeds))
+        return sess.run(None, _feedable(feeds), quiet())
     except Exception as e:
         raise SpaError(f"onnxruntime failed to run the model: {str(e).strip().splitlines()[0][:300]}") from None
 

@@ -82,17 +82,20 @@ def test_half_precision_models_prune_exactly(exports, dtype):
     assert max_relative_error(model, pruned, report.removed) < 1e-2  # half precision rounding
 
 
-def test_an_initializer_that_is_a_graph_input_is_never_pruned():
+def test_an_initializer_listed_as_a_graph_input_is_a_weight():
+    """Old exporters (IR < 4, PyTorch's keep_initializers_as_inputs) list every weight as an input."""
     nodes = [helper.make_node("Conv", ["X", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("Conv", ["r", "w2"], ["Y"])]
     inits = _weights(w1=(8, 4, 1, 1), w2=(3, 8, 1, 1), unused=(5, 5))
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 4, 6, 6]),
               helper.make_tensor_value_info("w1", TensorProto.FLOAT, [8, 4, 1, 1])]
     model = _model(nodes, inits, inputs=inputs)
-    analysis = spa.analyze(model)
-    assert not any(m.tensor == "w1" for g in analysis.groups for m in g.members)  # an input, not a weight
     pruned, report = spa.prune(model, ratio=0.5)
-    assert report.removed == [] and "unused" in {t.name for t in pruned.graph.initializer}
+    assert {(r["tensor"], r["axis"]) for r in report.removed} == {("w1", 0), ("w2", 1)}
+    assert [i.name for i in pruned.graph.input] == ["X", "w1"]  # listed again, with its new shape
+    assert [d.dim_value for d in pruned.graph.input[1].type.tensor_type.shape.dim] == [4, 4, 1, 1]
+    assert "unused" in {t.name for t in pruned.graph.initializer}
+    assert max_relative_error(model, pruned, report.removed) < 1e-5
 
 
 def _spa(*args):
@@ -113,7 +116,8 @@ def _hostile(tmp_path):
                                    _weights(w=(8, 4, 1, 1)) | {"shape": np.array([7, -1, 5], np.int64)},
                                    outputs=[helper.make_tensor_value_info("Z", TensorProto.FLOAT, [7, 4, 5])],
                                    check=False).SerializeToString(),
-        "opset_9.onnx": _model(conv, _weights(w=(8, 4, 1, 1)), opset=9, check=False).SerializeToString(),
+        "opset_5.onnx": _model(conv, _weights(w=(3, 4, 1, 1)), opset=5, check=False).SerializeToString(),
+        "opset_24.onnx": _model(conv, _weights(w=(3, 4, 1, 1)), opset=24, check=False).SerializeToString(),
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)

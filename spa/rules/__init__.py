@@ -33,6 +33,6 @@ def supported_operators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import attention, elementwise, linear, normalization, pooling, quantization, shape  # noqa: E402,F401  (fill the registry)
+from . import attention, elementwise, linear, normalization, pooling, quantization, recurrent, shape  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["Approximate", "Block", "Link", "NodeView", "Requires", "Role", "Rule", "Summed", "Unknown", "register", "rule_for", "supported_operators"]
