@@ -296,11 +296,23 @@ def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str
     Concat and Expand) where ONNX's gives up. Each tensor takes the more informative answer.
     `hints` (name -> (shape, elem_type)) are shapes SPA settled itself; inference builds on them.
     """
+    # The model's own value_info is an exporter's claim, sometimes stale (a channel count from before
+    # an edit): shapes are inferred without it, and it is used only where inference finds nothing.
     skeleton = _skeleton(model)
+    del skeleton.graph.value_info[:]
     for name, (shape, elem_type) in (hints or {}).items():
         skeleton.graph.value_info.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
-    shapes = _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
+
+    def infer():
+        return _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
+
+    shapes = infer()
     produced = [o for node in model.graph.node for o in node.output if o]
+    open_names = {name for name in produced if not _fully_known(shapes.get(name, (None, 0))[0])}
+    claimed = [vi for vi in model.graph.value_info if vi.name in open_names and vi.name not in (hints or {})]
+    if claimed:
+        skeleton.graph.value_info.extend(claimed)
+        shapes = infer()
     settled = all(_fully_known(shapes.get(name, (None, 0))[0]) for name in produced)
     symbolic = {} if settled else _shapes_from(_run_inference(lambda: _symbolic_shapes(skeleton)))
     for name, (shape, elem_type) in symbolic.items():

@@ -206,3 +206,13 @@ def test_a_group_that_breaks_the_final_check_is_blocked_and_the_rest_prune(tmp_p
     assert "breaks the pruned model (a test failure)" in newly[0]["reasons"][0]
     assert report.groups_pruned == 2
     assert max_relative_error(path, pruned, report.removed) < 1e-5
+
+
+def test_a_stale_value_info_shape_is_not_believed(tmp_path):
+    """An exporter's value_info claiming 5 channels where the Conv makes 8: inference decides."""
+    model = onnx.load(_conv_chain(tmp_path))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info(relu.output[0], onnx.TensorProto.FLOAT, ["b", 5, 32, 32]))
+    pruned, report = spa.prune(model, ratio=0.5)
+    assert report.groups_pruned == 3 and [b["reasons"] for b in report.blocked] == [["reaches the graph output 'y'"]]
+    assert max_relative_error(model, pruned, report.removed) < 1e-5
