@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 __all__ = ["ZooEntry", "FLAX_ZOO", "build", "init_model",
-           "ResNet", "MobileNetV2", "DenseNet", "ViT", "resnet", "mobilenet_v2", "densenet", "vit"]
+           "ResNet", "ProjectionResNet", "MobileNetV2", "DenseNet", "ViT",
+           "resnet", "resnet_projection", "mobilenet_v2", "densenet", "vit"]
 
 _IMAGE = (32, 32, 3)
 _CLASSES = 10
@@ -111,6 +112,29 @@ class _BasicBlock(nnx.Module):
         return nnx.relu(self.conv2(self.conv1(x)) + shortcut)
 
 
+class _ProjectionBlock(nnx.Module):
+    """Conv-BN-ReLU, Conv-BN, plus the shortcut, then ReLU; the shortcut is a 1x1 Conv (strided
+    with the block) + BatchNorm wherever the channels change. ``nnx.relu`` is called directly,
+    so jax2onnx writes a Relu right after each BatchNormalization, between two NCHW Convs (the
+    ``_ACTIVATIONS`` lookup of :class:`_ConvBN` holds the unpatched function: a Max instead)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(cout, use_running_average=True, rngs=rngs)
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(cout, use_running_average=True, rngs=rngs)
+        if cin != cout:
+            self.project = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.project_bn = nnx.BatchNorm(cout, use_running_average=True, rngs=rngs)
+        else:
+            self.project = self.project_bn = None
+
+    def __call__(self, x):
+        y = self.bn2(self.conv2(nnx.relu(self.bn1(self.conv1(x)))))
+        shortcut = x if self.project is None else self.project_bn(self.project(x))
+        return nnx.relu(y + shortcut)
+
+
 class _InvertedResidual(nnx.Module):
     def __init__(self, cin: int, cout: int, stride: int, expand: int, *, rngs: nnx.Rngs):
         hidden = cin * expand
@@ -173,6 +197,24 @@ class ResNet(nnx.Module):
 
     def __call__(self, x):
         x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(_global_average(x))
+
+
+class ProjectionResNet(nnx.Module):
+    """ResNet with projection shortcuts: 1x1 Conv + BatchNorm where the channels change (8 -> 16
+    unstrided, 16 -> 32 strided), an identity shortcut where they do not; ReLUs as Relu nodes."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.stem = nnx.Conv(3, 8, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.stem_bn = nnx.BatchNorm(8, use_running_average=True, rngs=rngs)
+        self.blocks = nnx.List([_ProjectionBlock(cin, cout, stride, rngs=rngs)
+                                for cin, cout, stride in ((8, 16, 1), (16, 32, 2), (32, 32, 1))])
+        self.head = nnx.Linear(32, _CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.stem_bn(self.stem(x)))
         for block in self.blocks:
             x = block(x)
         return self.head(_global_average(x))
@@ -244,6 +286,11 @@ def resnet(seed: int = 0) -> ResNet:
     return _initialized(ResNet, seed)
 
 
+def resnet_projection(seed: int = 0) -> ProjectionResNet:
+    """ResNet with 1x1-conv + BatchNorm projection shortcuts where channels change; Relu nodes."""
+    return _initialized(ProjectionResNet, seed)
+
+
 def mobilenet_v2(seed: int = 0) -> MobileNetV2:
     """MobileNetV2: inverted residuals (1x1 expand, 3x3 depthwise, 1x1 project), ReLU6."""
     return _initialized(MobileNetV2, seed)
@@ -273,7 +320,7 @@ class ZooEntry:
 
 FLAX_ZOO: dict[str, ZooEntry] = {
     fn.__name__: ZooEntry(fn, (2, *_IMAGE), (fn.__doc__ or "").strip().splitlines()[0])
-    for fn in (resnet, mobilenet_v2, densenet, vit)
+    for fn in (resnet, resnet_projection, mobilenet_v2, densenet, vit)
 }
 
 

@@ -1,25 +1,30 @@
-"""Streaming the run-time inputs of chosen operators, batch by batch, through a torch copy of the
-model (on the GPU when there is one).
+"""Streaming the run-time tensors of a model, batch by batch, to whoever reduces them.
 
-`Network` converts the model once (spa.to_torch) and finds the torch module that computes every
-ONNX tensor. `Network.stream` runs batches of inputs and hands each chosen tensor to a callback as
-soon as it is computed; a forward pass stops once the last chosen tensor is known, so the layers
-after it are not run. Nothing is kept between batches: the caller reduces each tensor to what it
-needs (a Hessian, channel energies) and drops it.
+`RuntimeNetwork` runs the ONNX model itself in onnxruntime, with the chosen tensors added as
+outputs and the operators nothing chosen needs left out: it works on every model onnxruntime
+runs. `Network` converts the model once to torch (spa.to_torch; on the GPU when there is one) and
+taps its modules; it is what gradients need (data-free inversion). Both have `stream`: it runs
+batches of inputs and hands each chosen tensor, as a torch tensor on the network's device, to a
+callback. Nothing is kept between batches: the caller reduces each tensor to what it needs (a
+Hessian, channel energies) and drops it.
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
 
+import networkx as nx
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from torch import nn
 
+from .conform import upgrade
 from .errors import SpaError
 from .graph import Graph
+from .protos import node_reads
+from .runtime import graph_inputs, run, session
 from .torch_bridge import TorchConversionError, to_torch
 
 
@@ -107,6 +112,82 @@ class Network:
             for m, (training, momentum) in zip(self.batchnorms, saved):
                 m.train(training)
                 m.momentum = momentum
+
+
+class RuntimeNetwork:
+    """The ONNX model in onnxruntime, any of its tensors tapped.
+
+    `replaced` (parameter name -> array) runs the model with those parameters changed: a model
+    already pruned and compensated, with the removed slices at zero, computes what the pruned one
+    computes."""
+
+    def __init__(self, graph: Graph, device: torch.device | str | None = None, replaced: dict | None = None):
+        self.graph = graph
+        self.device = torch.device(device) if device is not None else default_device()
+        self.replaced = replaced or {}
+        self.input_names = [vi.name for vi in graph_inputs(graph.model)]
+        self.batchnorms = [i for i, n in enumerate(graph.nodes) if n.op_type == "BatchNormalization"]
+        self._sessions: dict[tuple, object] = {}
+
+    def computes(self, tensor: str) -> bool:
+        t = self.graph.tensors.get(tensor)
+        return t is not None and (t.producer is not None or tensor in self.input_names)
+
+    def stream(self, tensors: Iterable[str], batches: Iterable[dict[str, np.ndarray]],
+               receive: Callable[[str, torch.Tensor], None], batch_statistics: bool = False):
+        """Run every batch and call receive(tensor, value) for each of `tensors`. With
+        batch_statistics, every BatchNormalization normalizes with the batch's own statistics."""
+        names = [n for n in dict.fromkeys(tensors) if n not in self.input_names]
+        fed = [n for n in dict.fromkeys(tensors) if n in self.input_names]
+        sess = self._session(tuple(names), batch_statistics) if names else None
+        for feeds in batches:
+            values = dict(zip(names, run(None, {n: feeds[n] for n in self.input_names}, sess))) if names else {}
+            for name in fed:
+                receive(name, self.tensor(feeds[name]))
+            for name in names:
+                receive(name, self.tensor(values[name]))
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def _session(self, names: tuple[str, ...], batch_statistics: bool):
+        key = (names, batch_statistics)
+        if key not in self._sessions:
+            self._sessions = {key: session(self._tapped(list(names), batch_statistics))}  # one at a time: memory
+        return self._sessions[key]
+
+    def _tapped(self, names: list[str], batch_statistics: bool) -> onnx.ModelProto:
+        """The model computing only `names`, as its outputs."""
+        graph = self.graph
+        needed = set()
+        for name in names:
+            producer = graph.tensors[name].producer
+            needed |= {producer} | nx.ancestors(graph.dag, producer)
+        nodes = [onnx.NodeProto.FromString(graph.nodes[i].SerializeToString()) for i in sorted(needed)]
+        if batch_statistics:
+            for node in nodes:
+                if node.op_type == "BatchNormalization":
+                    del node.output[1:]
+                    node.output.extend([f"{node.output[0]}.batch_mean", f"{node.output[0]}.batch_var"])
+                    node.attribute.append(helper.make_attribute("training_mode", 1))
+        read = {n for node in nodes for n in node_reads(node)}
+        initializers = [numpy_helper.from_array(self.replaced[t.name] if t.name in self.replaced else graph.value(t.name), t.name)
+                        if t.name in self.replaced or t.data_location == onnx.TensorProto.EXTERNAL else t
+                        for t in graph.model.graph.initializer if t.name in read]
+        for name, value in self.replaced.items():  # parameters of Constant nodes and Identity copies
+            if name not in graph.initializers:
+                for k, node in enumerate(nodes):
+                    if node.output and node.output[0] == name:
+                        nodes[k] = helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+        outputs = [helper.make_tensor_value_info(n, graph.tensors[n].dtype, None) for n in names]
+        model = helper.make_model(
+            helper.make_graph(nodes, "tapped", [vi for vi in graph.model.graph.input if vi.name in self.input_names],
+                              outputs, initializers),
+            opset_imports=graph.model.opset_import, ir_version=graph.model.ir_version)
+        model.functions.extend(graph.model.functions)
+        if batch_statistics and graph.opset < 14:  # BatchNormalization's training_mode came with opset 14
+            model = upgrade(model, 15)
+        return model
 
 
 def _self_contained(graph: Graph) -> onnx.ModelProto:

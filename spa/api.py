@@ -121,18 +121,19 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     settings = dict(criterion=criterion, ratio=target.value if target.kind == "ratio" else 0.0, scope=scope,
                     round_to=round_to, shapes=shapes, opset=opset, notes=[shape_note] if shape_note else [])
     while True:
-        chosen, surgeon = _select(original, selection, scoring, surgery, obspa, exact, keep, own_ratios)
+        chosen, surgeon = _select(original, selection, scoring, surgery, obspa, exact, keep, own_ratios, shapes)
         with surgeon or contextlib.nullcontext():
             new_values = surgeon.compensation(chosen) if surgeon else None
         try:
-            return apply(original, chosen, check=check, new_values=new_values, **settings)
+            return apply(original, chosen, check=check, new_values=new_values,
+                         **{**settings, "notes": settings["notes"] + (surgeon.notes if surgeon else [])})
         except GroupsFailed as failed:  # blocked now; the others are chosen again without them
             for g in failed.groups:
                 original.groups[g].blocked.append(failed.reason)
 
 
 def _select(original: Analysis, selection: Selection, scoring: dict, surgery: bool, obspa: dict | None, exact: bool,
-            keep, own_ratios) -> tuple[dict[int, np.ndarray], object]:
+            keep, own_ratios, shapes: dict) -> tuple[dict[int, np.ndarray], object]:
     """Score the prunable groups and choose the units to remove (group id -> unit positions in
     the original), over `selection.steps` rounds; with OBSPA, also the surgeon that compensates."""
     graph = original.graph
@@ -146,7 +147,7 @@ def _select(original: Analysis, selection: Selection, scoring: dict, surgery: bo
             from .obspa import Obspa  # torch, imported only when asked for
 
             surgeon = Obspa(analysis, calib=scoring["calib"], seed=scoring["seed"], batch_size=scoring["batch_size"],
-                            progress=scoring["progress"], **(obspa or {}))
+                            progress=scoring["progress"], input_shapes=shapes, **(obspa or {}))
             scores = surgeon.scores(groups)
         else:
             scores = score_groups(analysis, groups=groups, **scoring)

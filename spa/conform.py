@@ -13,7 +13,8 @@ it on the pruned model, so the file a user gets back loads wherever the original
   opset, the upgraded one is written and the report says so.
 - **Initializers listed as graph inputs** (IR < 4 requires it, and older PyTorch exports do it):
   they are weights, not inputs a caller feeds; the pruned model lists them again.
-- **Dims written as -1 or 0** (paddle2onnx writes `[-1, 3, -1, -1]`) are symbolic sizes.
+- **Dims written as -1 or 0** (paddle2onnx writes `[-1, 3, -1, -1]`) are symbolic sizes, before
+  anything folds them into constants.
 """
 from __future__ import annotations
 
@@ -62,17 +63,18 @@ def conform(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Origin]:
     initializers = {t.name for t in model.graph.initializer}
     listed = [vi for vi in model.graph.input if vi.name in initializers]
     origin = Origin(opset, model.ir_version, [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in listed])
-    odd_dims = any(d.HasField("dim_value") and d.dim_value <= 0
-                   for vi in list(model.graph.input) + list(model.graph.output) for d in vi.type.tensor_type.shape.dim)
+    odd_dims = any(d.HasField("dim_value") and d.dim_value <= 0 for vi in _declared(model) for d in vi.type.tensor_type.shape.dim)
     if not (listed or odd_dims or origin.converted):
         return model, origin
-    model = upgrade(model, ANALYZED_OPSET) if origin.converted else _copy(model)
+    model = _copy(model)
+    if odd_dims:  # first: the converter's shape inference reads -1 as a size
+        _symbolic_dims(model)
+    if origin.converted:
+        model = upgrade(model, ANALYZED_OPSET)
     if listed:
         kept = [vi for vi in model.graph.input if vi.name not in initializers]
         del model.graph.input[:]
         model.graph.input.extend(kept)
-    if odd_dims:
-        _symbolic_dims(model)
     return model, origin
 
 
@@ -85,6 +87,12 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         raise SpaError(f"cannot convert the model from opset {default_opset(model)} to {opset}: "
                        f"{str(e).strip().splitlines()[-1][:200]}") from None
     converted.ir_version = max(model.ir_version, _MIN_IR)
+    # The converter writes the shapes its inference found over the model's declarations (a size it
+    # took from one run of an exporter's trace); the model's own declarations stay.
+    for declarations in ("input", "output", "value_info"):
+        field_ = getattr(converted.graph, declarations)
+        del field_[:]
+        field_.extend(getattr(model.graph, declarations))
     _set_imports(converted, opset, others)
     return converted
 
@@ -178,9 +186,13 @@ def _check_same(reference: onnx.ModelProto, candidate: onnx.ModelProto, shapes: 
             raise SpaError("the model converted down computes something else")
 
 
+def _declared(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    return list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+
+
 def _symbolic_dims(model: onnx.ModelProto):
-    """-1 and 0 written as sizes of graph inputs and outputs become symbolic sizes."""
-    for vi in list(model.graph.input) + list(model.graph.output):
+    """-1 and 0 written as sizes of graph inputs, outputs and value_info become symbolic sizes."""
+    for vi in _declared(model):
         for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value <= 0:
                 dim.dim_param = f"{vi.name}_dim{axis}"

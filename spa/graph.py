@@ -52,7 +52,9 @@ class Graph:
         # arithmetic foldable: repeat until nothing changes.
         hints: dict[str, tuple] = {}
         for _ in range(8):
-            shapes = _infer_shapes(model, hints)
+            shapes, stale = _infer_shapes(model, hints)
+            if stale:  # an exporter's wrong claims would mislead onnxruntime too: they go
+                model = _without_value_info(model, stale)
             small = _small_constants(model)
             folded, known = fold_shapes(model, shapes, small)
             if folded is not None:
@@ -258,6 +260,7 @@ def _check_model(model: onnx.ModelProto):
     if not model.graph.node:
         raise SpaError("the model holds no ONNX graph (no nodes)")
     default_opset(model)
+    _check_initializer_sizes(model)
     try:
         onnx.checker.check_model(_skeleton(model))
     except onnx.checker.ValidationError as e:
@@ -265,6 +268,25 @@ def _check_model(model: onnx.ModelProto):
         # A deprecated operator version (GroupNormalization-18) is still a valid model to run.
         if "is deprecated in domain_version" not in first:
             raise SpaError(f"invalid ONNX model: {first[:200]}") from None
+
+
+def _check_initializer_sizes(model: onnx.ModelProto):
+    """Every initializer holds as many values as its dims say. onnx.checker sees only the small
+    ones (the skeleton sends large ones as dims alone), and a shape taken from dims that the data
+    does not fill is one no runtime agrees with (onnxruntime refuses such a model)."""
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL or t.data_type in _PACKED_TYPES or t.data_type == TensorProto.UNDEFINED:
+            continue  # external data is checked when it is read (read_initializer)
+        values = int(np.prod(t.dims, dtype=np.int64))
+        if t.HasField("raw_data") and t.data_type != TensorProto.STRING:
+            held = len(t.raw_data) // np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        else:
+            held = len(getattr(t, helper.tensor_dtype_to_field(t.data_type)))
+            if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
+                held //= 2  # a real and an imaginary part per value
+        if held != values:
+            raise SpaError(f"invalid ONNX model: initializer '{t.name}' declares shape {list(t.dims)} "
+                           f"({values} values) but holds {held}")
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -288,8 +310,9 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str, tuple[tuple | None, int]]:
-    """name -> (shape, elem_type) for every tensor shape inference can type.
+def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> tuple[dict[str, tuple[tuple | None, int]], set[str]]:
+    """name -> (shape, elem_type) for every tensor shape inference can type, and the names whose
+    value_info the model states wrongly (a static size or rank that inference contradicts).
 
     ONNX's own inference knows every standard operator; onnxruntime's symbolic inference keeps
     symbolic sizes through arithmetic (a -1 next to a symbolic batch, a batch carried through
@@ -307,9 +330,12 @@ def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str
         return _shapes_from(_run_inference(lambda: shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)))
 
     shapes = infer()
+    stale = {vi.name for vi in model.graph.value_info if vi.name in shapes and vi.type.HasField("tensor_type")
+             and _contradicts(_shape_of(vi.type.tensor_type), shapes[vi.name][0])}
     produced = [o for node in model.graph.node for o in node.output if o]
     open_names = {name for name in produced if not _fully_known(shapes.get(name, (None, 0))[0])}
-    claimed = [vi for vi in model.graph.value_info if vi.name in open_names and vi.name not in (hints or {})]
+    claimed = [vi for vi in model.graph.value_info if vi.name in open_names and vi.name not in (hints or {})
+               and vi.name not in stale]
     if claimed:
         skeleton.graph.value_info.extend(claimed)
         shapes = infer()
@@ -325,7 +351,7 @@ def _infer_shapes(model: onnx.ModelProto, hints: dict | None = None) -> dict[str
         if node.op_type == "Constant" and node.output[0] not in shapes:
             v = constant_node_value(node)
             shapes[node.output[0]] = (tuple(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype))
-    return shapes
+    return shapes, stale
 
 
 @functools.cache
@@ -337,7 +363,23 @@ def _symbolic_shape_inference():
                                                   os.path.join(package, "tools", "symbolic_shape_infer.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SymbolicShapeInference
+
+    class SymbolicShapeInference(module.SymbolicShapeInference):
+        def _infer_Resize(self, node):  # noqa: N802 (the tool's naming)
+            """A Resize by whole-number scales (a 2x upsample in a detector's neck) makes d * s:
+            the tool's sympy.simplify(floor(d * s)) takes seconds a node over symbolic image sizes."""
+            scales, sizes = self._try_get_value(node, 2), self._try_get_value(node, 3)
+            mode = module.get_attribute(node, "coordinate_transformation_mode")
+            if (sizes is not None and len(sizes)) or scales is None or not len(scales) or mode == b"tf_crop_and_resize" \
+                    or not all(float(s).is_integer() for s in scales):
+                return super()._infer_Resize(node)
+            shape = [d * int(s) for d, s in zip(self._get_sympy_shape(node, 0), scales)]
+            self._update_computed_dims(shape)
+            self.known_vi_[node.output[0]].CopyFrom(helper.make_tensor_value_info(
+                node.output[0], self.known_vi_[node.input[0]].type.tensor_type.elem_type,
+                module.get_shape_from_sympy_shape(shape)))
+
+    return SymbolicShapeInference
 
 
 def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -375,6 +417,23 @@ def _shapes_from(model: onnx.ModelProto | None) -> dict[str, tuple[tuple | None,
     g = model.graph
     return {vi.name: (_shape_of(vi.type.tensor_type), vi.type.tensor_type.elem_type)
             for vi in list(g.input) + list(g.output) + list(g.value_info) if vi.type.HasField("tensor_type")}
+
+
+def _contradicts(claimed, inferred) -> bool:
+    """Whether a stated shape disagrees with an inferred one: another rank or another static size."""
+    if claimed is None or inferred is None:
+        return False
+    return len(claimed) != len(inferred) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                                for a, b in zip(claimed, inferred))
+
+
+def _without_value_info(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    kept = [vi for vi in new.graph.value_info if vi.name not in names]
+    del new.graph.value_info[:]
+    new.graph.value_info.extend(kept)
+    return new
 
 
 def _fully_known(shape) -> bool:

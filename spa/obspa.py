@@ -75,7 +75,7 @@ from onnx import helper
 from tqdm import tqdm
 
 from . import synthetic
-from .activations import Network, default_device
+from .activations import Network, RuntimeNetwork, default_device
 from .calib import load_calibration
 from .errors import SpaError
 from .graph import Graph
@@ -470,7 +470,7 @@ class Obspa:
     def __init__(self, analysis: Analysis, calib=None, data_free: str = "auto", samples: int = DEFAULT_SAMPLES,
                  batch_size: int = DEFAULT_BATCH, damp: float = DEFAULT_DAMP, memory: int = DEFAULT_MEMORY,
                  inversion_steps: int = DEFAULT_INVERSION_STEPS, max_steps: int = DEFAULT_MAX_STEPS, device=None,
-                 seed: int = 0, progress: bool = False):
+                 seed: int = 0, progress: bool = False, input_shapes: dict | None = None):
         if data_free not in DATA_FREE:
             raise SpaError(f"unknown data-free input generation '{data_free}' (choose from {', '.join(DATA_FREE)})")
         if damp < 0 or min(samples, batch_size, max_steps) < 1 or inversion_steps < 0:
@@ -494,6 +494,8 @@ class Obspa:
         self.output_energy: dict[str, float] = {}  # per layer: tr(W H W^T), the scale of its costs
         self.shares: dict[int, np.ndarray] = {}  # groups no layer multiplies: each unit's share of the energy
         self.passes = 0  # forward passes over the inputs (one per chunk of layers)
+        self.input_shapes = input_shapes  # sizes of the inputs it makes (spa.inputs.choose_shapes)
+        self.notes: list[str] = []  # one line each: what it fell back to
 
     def __enter__(self):
         return self
@@ -509,7 +511,7 @@ class Obspa:
     def _hessians(self):
         if self.store is not None:
             return
-        network = Network(self.graph, self.device)
+        network = RuntimeNetwork(self.graph, self.device)
         batches, batch_statistics = self._inputs(network)
         sizes = [layer.size(self.graph) ** 2 * 8 for layer in self.layers]
         self.store = HessianStore(self.memory, sum(sizes))
@@ -522,7 +524,7 @@ class Obspa:
         if not chunks and fallback:
             self._pass(network, [], fallback, batches, batch_statistics)
 
-    def _inputs(self, network: Network) -> tuple[list[dict[str, np.ndarray]], bool]:
+    def _inputs(self, network: RuntimeNetwork) -> tuple[list[dict[str, np.ndarray]], bool]:
         """The batches the Hessians are built from, and whether BatchNorm layers normalize them
         with their own batch statistics (data-free "batchnorm")."""
         if self.calibration is not None:
@@ -534,18 +536,25 @@ class Obspa:
         self.inputs_used = method
         if self.progress:
             print(f"OBSPA: data-free inputs: {method} ({self.samples} samples)", file=sys.stderr)
-        data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed)
+        data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed, self.input_shapes)
         if "inversion" in method:
-            data = synthetic.invert(network, data, steps=self.inversion_steps, batch_size=self.batch_size,
-                                    progress=self.progress)
+            try:  # the inversion needs gradients: the model in torch
+                torch_network = Network(self.graph, self.device)
+            except SpaError as e:
+                method = "batchnorm" if network.batchnorms else "gaussian"
+                self.inputs_used = method
+                self.notes.append(f"OBSPA: data-free inversion needs the model in PyTorch ({e}); used {method} inputs")
+            else:
+                data = synthetic.invert(torch_network, data, steps=self.inversion_steps, batch_size=self.batch_size,
+                                        progress=self.progress)
         return [inputs for inputs, _ in data.batches(self.batch_size)], "batchnorm" in method
 
-    def _automatic(self, network: Network) -> str:
+    def _automatic(self, network: RuntimeNetwork) -> str:
         """Inversion for a classifier when it costs at most INVERSION_BUDGET multiply-adds (about
         3x a forward pass per step and sample), with BatchNorm batch statistics where the model
         has BN layers; else BatchNorm statistics alone where it has some; else Gaussian inputs."""
         cost = 3 * count_flops(self.graph) * self.samples * self.inversion_steps
-        if synthetic.classes(network) and cost <= INVERSION_BUDGET:
+        if synthetic.classes(self.graph) and cost <= INVERSION_BUDGET:
             return "inversion+batchnorm" if network.batchnorms else "inversion"
         return "batchnorm" if network.batchnorms else "gaussian"
 
@@ -561,7 +570,7 @@ class Obspa:
             total += size
         return chunks
 
-    def _pass(self, network: Network, layers: list[Layer], fallback: list[Group], batches, batch_statistics: bool):
+    def _pass(self, network: RuntimeNetwork, layers: list[Layer], fallback: list[Group], batches, batch_statistics: bool):
         """One forward pass over all batches, accumulating the layers' Hessians and the fallback
         groups' channel energies; each finished Hessian is stored as its damped inverse."""
         graph = self.graph

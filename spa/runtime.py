@@ -96,14 +96,18 @@ def random_inputs(model: onnx.ModelProto, batch: int = 2, other_dims: int = 4, s
 
     Floats are standard normal; integers and booleans are zeros (valid as indices of any table).
     """
+    from .inputs import batch_symbols, declared
+
     rng = np.random.default_rng(seed)
+    inputs = declared(model)
+    batch_axes = batch_symbols(inputs)
     feeds = {}
     for vi in graph_inputs(model):
-        tensor_type = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+        dims = inputs[vi.name]
         chosen = (shapes or {}).get(vi.name) or [other_dims] * len(dims)
-        shape = [d if d is not None else (batch if axis == 0 else chosen[axis]) for axis, d in enumerate(dims)]
-        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        shape = [d if isinstance(d, int) else batch if axis == 0 or d in batch_axes else chosen[axis]
+                 for axis, d in enumerate(dims)]
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating) or dtype.name in ("bfloat16",):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         else:

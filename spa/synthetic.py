@@ -28,12 +28,15 @@ from .runtime import graph_inputs
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
-def gaussian_inputs(graph: Graph, samples: int, seed: int = 0) -> Calibration:
-    """Standard normal inputs shaped like the model's (the batch axis holds the samples)."""
+def gaussian_inputs(graph: Graph, samples: int, seed: int = 0, shapes: dict | None = None) -> Calibration:
+    """Standard normal inputs shaped like the model's (the batch axis holds the samples), at the
+    sizes `shapes` gives for symbolic ones (spa.inputs.choose_shapes)."""
     rng = np.random.default_rng(seed)
     inputs, fixed = {}, set()
     for vi in graph_inputs(graph.model):
         shape, dtype = graph.shape(vi.name), graph.tensors[vi.name].dtype
+        if shape is not None and vi.name in (shapes or {}):
+            shape = (shape[0], *shapes[vi.name][1:])
         if shape is None or not all(isinstance(d, int) for d in shape[1:]):
             raise SpaError(f"data-free OBSPA needs the static shape of input '{vi.name}' beyond its batch axis; "
                            "give calibration data (--calib)")
@@ -49,9 +52,9 @@ def gaussian_inputs(graph: Graph, samples: int, seed: int = 0) -> Calibration:
     return Calibration(inputs, None, batch)
 
 
-def classes(network: Network) -> int | None:
+def classes(graph: Graph) -> int | None:
     """The class count when the model's first output is (batch, classes) logits, else None."""
-    shape = network.graph.shape(network.torch_model.output_names[0])
+    shape = graph.shape(graph.outputs[0])
     return shape[1] if shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1 else None
 
 
@@ -63,7 +66,7 @@ def invert(network: Network, start: Calibration, steps: int = 50, lr: float = 0.
     cross-entropy. tv on the BN-folded digits models, accuracy at 70% / 50% FLOPs (3 seeds):
     ResNet 0.986 / 0.970 at 0.1, 0.990 / 0.986 at 1, 0.991 / 0.985 at 3; MobileNetV2 0.956 / 0.575,
     0.976 / 0.601, 0.979 / 0.855 (the 50% point varies a lot between seeds); 10 was worse."""
-    count = classes(network)
+    count = classes(network.graph)
     if count is None:
         raise SpaError("input inversion needs a classifier: a first output of shape (batch, classes)")
     names = network.input_names

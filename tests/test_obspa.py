@@ -212,7 +212,7 @@ def test_inversion_makes_inputs_the_model_classifies_as_asked(exports):
     start = synthetic.gaussian_inputs(graph, 16)
     inverted = synthetic.invert(network, start, steps=30, batch_size=16)
     logits = run(graph.model, inverted.inputs)[0]
-    classes = synthetic.classes(network)
+    classes = synthetic.classes(network.graph)
     assert np.mean(logits.argmax(1) == np.arange(16) % classes) >= 0.9
     noise = run(graph.model, start.inputs)[0]
     assert np.mean(noise.argmax(1) == np.arange(16) % classes) < 0.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import NodeView, Rule, positions, same
+from .base import NodeView, Rule, Unknown, positions, same
 
 # One input carries the data; the other inputs, if any, are scalars (Clip's min and max).
 UNARY = (
@@ -52,6 +52,15 @@ class Unary(Rule):
         return tied_inputs.get((view.inputs[0], axis), False)
 
 
+def _check_broadcast(view: NodeView, tensor: str, axis: int, size: int):
+    """An input axis whose size differs from the output's is broadcast only if it has size 1.
+    Any other size means the shapes SPA was given contradict each other (a stale declaration):
+    treating the axis as broadcast would silently cut the channels' ties."""
+    if view.size(tensor, axis) != 1:
+        raise Unknown(f"{view.op_type} '{view.name}' sees sizes that disagree: axis {axis} of '{tensor}' has "
+                      f"{view.size(tensor, axis)} elements where the output has {size}")
+
+
 @register(*BROADCAST)
 class Broadcast(Rule):
     """Inputs broadcast to the output. An input axis of the output's size ties to the output axis;
@@ -66,6 +75,7 @@ class Broadcast(Rule):
         else:
             out_axis = axis + out_rank - view.rank(tensor)
             if view.size(tensor, axis) != view.size(out, out_axis):
+                _check_broadcast(view, tensor, axis, view.size(out, out_axis))
                 return []  # this input is broadcast along the axis: nothing else depends on its elements
         size = view.size(out, out_axis)
         verdicts = [] if out == tensor else [same(out, out_axis, size)]
@@ -73,8 +83,12 @@ class Broadcast(Rule):
             if not name:
                 continue
             in_axis = out_axis - (out_rank - view.rank(name))
-            if in_axis >= 0 and view.size(name, in_axis) == size and (name, in_axis) != (tensor, axis):
+            if in_axis < 0 or (name, in_axis) == (tensor, axis):
+                continue
+            if view.size(name, in_axis) == size:
                 verdicts.append(same(name, in_axis, size))
+            else:
+                _check_broadcast(view, name, in_axis, size)
         return verdicts
 
     def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:

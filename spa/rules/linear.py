@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 
 from . import register
-from .base import Block, NodeView, Role, Rule, Summed, same, whole_group_links
+from .base import Block, NodeView, Role, Rule, Summed, Unknown, same, whole_group_links
 
 
 # ----------------------------------------------------------------------------- letter notation
@@ -29,8 +29,13 @@ def letter_links(view: NodeView, operands: list[tuple[str, str]], tensor: str, a
             verdicts.append(Role("attention"))
         for other, other_letters in operands:
             for a, l in enumerate(other_letters):
-                if l == letter and (other, a) != (tensor, axis) and view.size(other, a) == size:
+                if l != letter or (other, a) == (tensor, axis):
+                    continue
+                if view.size(other, a) == size:
                     verdicts.append(same(other, a, size))
+                elif view.size(other, a) != 1:  # only a size-1 axis is broadcast
+                    raise Unknown(f"{view.op_type} '{view.name}' sees sizes that disagree: axis {a} of '{other}' has "
+                                  f"{view.size(other, a)} elements where axis {axis} of '{tensor}' has {size}")
     return verdicts
 
 

@@ -502,7 +502,10 @@ class Split(Rule):
 class Slice(Rule):
     """A sliced axis ties input c to output c - start inside [start, end); steps other than 1 block."""
 
-    def sliced(self, view: NodeView, axis: int):
+    def sliced(self, view: NodeView, axis: int, n: int | None = None):
+        """(position in starts/ends, start, end, step) of the slice along `axis` (of size `n`, by
+        default the axis's size), or None when the Slice leaves the axis whole. Only this axis's
+        size is read: the other sliced axes may be symbolic (a batch sliced from 0 to the end)."""
         x = view.inputs[0]
         rank = view.rank(x)
         count = view.size(view.input(1), 0)
@@ -514,7 +517,7 @@ class Slice(Rule):
         ends = view.const(view.input(2), "the ends")
         steps = view.const(view.input(4), "the steps") if view.input(4) else np.ones(len(starts), dtype=np.int64)
         i = axes.index(axis)
-        n = view.size(x, axis)
+        n = view.size(x, axis) if n is None else n
         start, end = (int(np.clip(v + n if v < 0 else v, 0, n)) for v in (int(starts[i]), int(ends[i])))
         return i, start, max(end, start), int(steps[i])
 
@@ -528,6 +531,9 @@ class Slice(Rule):
         _, start, end, step = cut
         if step != 1:
             return [Block(f"Slice '{view.name}' takes every {step}th element of axis {axis}")]
+        if not isinstance(view.shape(x)[axis], int) and (start, end) != (0, view.size(x, axis)):
+            # a digit of a symbolic axis (heads merged into the batch): a cut there is not a cut of the digit
+            return [Block(f"Slice '{view.name}' cuts axis {axis} of symbolic size")]
         if tensor == x:
             return [Link(y, axis, start + np.arange(end - start), np.arange(end - start))]
         return [shifted(x, axis, end - start, start)]
@@ -538,11 +544,16 @@ class Slice(Rule):
         ends = view.const(view.input(2), "the ends").copy()
         touched = False
         for axis in range(view.rank(x)):
-            cut = self.sliced(view, axis)
-            if cut is None or not edit.changed(x, axis):
+            if not edit.changed(x, axis) or not isinstance(view.shape(x)[axis], int):
+                # an axis that keeps its size keeps its bounds (it may be a symbolic batch), and a
+                # pruned digit of a symbolic axis is sliced whole (see links)
+                continue
+            kept = edit.kept(x, axis)
+            cut = self.sliced(view, axis, len(kept) + len(edit.removed[(x, axis)]))
+            if cut is None:
                 continue
             i, start, _, _ = cut
-            new_start = int(np.searchsorted(edit.kept(x, axis), start))
+            new_start = int(np.searchsorted(kept, start))
             starts[i], ends[i] = new_start, new_start + edit.new_size(y, axis)
             touched = True
         if touched:

@@ -236,3 +236,17 @@ def test_every_broadcast_operator_ties_a_per_channel_constant(op_type):
     assert group.prunable and params(group) == SEED_AND_CONSUMER | {("c", 1)}
     pruned, _ = check_prune(model)
     assert init_shape(pruned, "c") == (1, 4, 1, 1)
+
+
+def test_broadcast_that_sees_sizes_disagree_blocks_instead_of_untying():
+    """A Max whose output is said to be NHWC (2, 6, 6, 8) while its input is NCHW (2, 8, 6, 6), as
+    jax2onnx's stale value_info says: axis 1 has 8 elements in, 6 out. Only a size-1 axis is
+    broadcast; reading this as a broadcast dropped the tie to the consumer and pruned the seed
+    alone (a broken model). It blocks, naming the operator."""
+    from spa.graph import Graph
+
+    graph = Graph.load(sandwich(lambda b, h: b.op("Max", [h, _scalar(b, "zero", 0.0)], name="mx")))
+    graph.tensors["mx.y"].shape = (2, 6, 6, 8)
+    group = group_of(spa.analyze(graph), "l1.W", 0)
+    assert not group.prunable
+    assert any("'mx'" in r and "disagree" in r for r in group.blocked), group.blocked

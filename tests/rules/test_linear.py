@@ -270,3 +270,16 @@ def test_einsum_diagonal_blocks():
     model = b.build()
     group = group_of(model, "l1.W", 1)
     assert group.blocked and any("diagonal" in r for r in group.blocked)
+
+
+def test_matmul_whose_operands_disagree_on_the_contracted_size_blocks():
+    """Only a size-1 axis broadcasts: a contracted axis of 8 against a weight said to have 6 rows
+    means the shapes SPA was given contradict each other. The seed's channels block at the MatMul
+    instead of going without the consumer's rows."""
+    from spa.graph import Graph
+
+    graph = Graph.load(sandwich(lambda b, h: b.op("Relu", [h]), shape=(2, 4), kind="linear"))
+    graph.tensors["l2.W"].shape = (6, 4)
+    group = group_of(spa.analyze(graph), "l1.W", 1)
+    assert not group.prunable
+    assert any("'l2'" in r and "disagree" in r for r in group.blocked), group.blocked

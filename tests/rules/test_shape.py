@@ -171,6 +171,37 @@ def test_slice_with_computed_starts_blocks():
     assert_blocked(sandwich(middle), "l1.W", 0, "starts", "'sl'", "run time")
 
 
+def test_slice_over_every_axis_with_a_symbolic_batch_rewrites_the_channel_bounds():
+    """Keras' ZeroPadding2D + Cropping2D (NASNet's factorized reduction) through tf2onnx: a Pad, then
+    a Slice whose starts, ends and axes list all four axes, the symbolic batch among them. Pruning
+    the channels rewrites their bounds only; the batch's size is never needed."""
+    big = np.iinfo(np.int32).max
+
+    def middle(b, h):
+        padded = b.op("Pad", [h, b.const("pads", [0, 0, 0, 0, 0, 0, 1, 1])], name="pad")
+        inputs = [padded, b.const("starts", [0, 1, 1, 0]), b.const("ends", [big] * 4), b.const("sl_axes", [0, 2, 3, 1])]
+        return b.op("Slice", inputs, name="sl")
+
+    model = sandwich(middle, shape=("batch", 4, 6, 6))
+    assert params(group_of(model, "l1.W", 0)) == SEED_AND_CONSUMER
+    pruned, report = check_prune(model)
+    channels = init_shape(pruned, "l1.W")[0]
+    assert node_input_value(pruned, "sl", 1).tolist() == [0, 1, 1, 0]
+    assert node_input_value(pruned, "sl", 2).tolist() == [big, big, big, channels]
+
+
+def test_slice_cutting_a_digit_of_a_symbolic_axis_blocks():
+    """Heads merged into the batch ("4*batch") and sliced there: a cut of the merged axis is no cut
+    of the head digit, so the heads stay."""
+    def middle(b, h):
+        heads = b.op("Reshape", [h, b.const("to_heads", [-1, 6, 6])], name="heads")  # (4 * batch, 6, 6)
+        cut = b.op("Slice", [heads, b.const("starts", [1]), b.const("ends", [3]), b.const("sl_axes", [0])], name="sl")
+        return b.op("Reshape", [cut, b.const("back", [-1, 2, 6, 6])], name="back")
+
+    group = group_of(sandwich(middle, shape=("batch", 4, 6, 6), channels=2), "l1.W", 0)
+    assert not group.prunable and any("'sl'" in r and "symbolic size" in r for r in group.blocked), group.blocked
+
+
 # ----------------------------------------------------------------------------- Reshape, Flatten
 def _flatten_into_gemm(flatten, batch=2):
     b = Builder()
