@@ -34,7 +34,8 @@ def prune_and_measure(path, data, criterion: str, cut: float, calib: dict, seed:
     from models_zoo.digits import accuracy
 
     start = time.perf_counter()
-    pruned, report = spa.prune(path, target_flops=1 - cut, criterion=criterion, calib=calib, seed=seed)
+    # round_to=1: criteria are compared at the same unrounded FLOPs points
+    pruned, report = spa.prune(path, target_flops=1 - cut, criterion=criterion, calib=calib, seed=seed, round_to=1)
     seconds = time.perf_counter() - start
     return {"flops": report.flops_after / report.flops_before, "params": report.params_after / report.params_before,
             "accuracy": accuracy(pruned, data.x_test, data.y_test), "seconds": seconds}

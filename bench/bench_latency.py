@@ -1,13 +1,13 @@
 """Does the pruned model run faster? onnxruntime latency before and after, side by side.
 
     python bench/bench_latency.py [--models resnet18 resnet50 mobilenet_v2 vit_b_16 bert]
-                                  [--ratios 0.3 0.5] [--round-to 1 8] [--batch 1] [--runs 30] [--threads N]
+                                  [--ratios 0.3 0.5] [--round-to auto 1 8] [--batch 1] [--runs 30] [--threads N]
 
 Exports each model with random, all different weights (torchvision's ResNet-18, ResNet-50, MobileNetV2 and
 ViT-B/16 at 224x224; a 6-layer BERT-base from the `transformers` configuration classes, 128
 tokens), prunes it with L1 at each ratio (a transformer: that ratio of its heads and of its MLP
-channels, its hidden size left whole) and channel multiple (--round-to), and times the original
-and the pruned models in one onnxruntime run, taking turns (spa.runtime.latency). Prints one row
+channels, its hidden size left whole) and channel multiple (--round-to: auto, the default of
+`spa prune`, or N), and times the original and the pruned models in one onnxruntime run, taking turns (spa.runtime.latency). Prints one row
 per model, ratio, multiple and batch size: parameters, FLOPs, median latency before and after,
 and the speed-up.
 """
@@ -56,7 +56,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*TORCHVISION, "bert"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
-    parser.add_argument("--round-to", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--round-to", nargs="+", type=lambda t: t if t == "auto" else int(t), default=["auto", 1])
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")

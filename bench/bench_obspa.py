@@ -18,6 +18,7 @@ exported to ONNX, to 70% FLOPs.
 
     python bench/bench_obspa.py                  # the table in the README
     python bench/bench_obspa.py --ablation       # + data-free input generations
+    python bench/bench_obspa.py --no-table --orders   # sequential against one-shot compensation
     python bench/bench_obspa.py --resnet50       # + the ResNet-50 timing
     python bench/bench_obspa.py --resnet50 inversion --resnet50-samples 32 --resnet50-inversion-steps 20
 """
@@ -89,7 +90,8 @@ def run_method(task: Task, method: str, flops: float, args, **options) -> dict:
     start = time.perf_counter()
     calib = options.pop("calib", None)
     settings = {"obspa": options} if method == "obspa" else options
-    model, report = spa.prune(task.path, target_flops=flops, criterion=method, calib=calib, **settings)
+    # round_to=1: the FLOPs points are compared unrounded (the digits models' layers are 16-64 channels)
+    model, report = spa.prune(task.path, target_flops=flops, criterion=method, calib=calib, round_to=1, **settings)
     seconds = time.perf_counter() - start
     return {"acc": digits.accuracy(model, task.data.x_test, task.data.y_test),
             "flops": report.flops_after / report.flops_before,
@@ -141,6 +143,21 @@ def ablation(tasks: list[Task], args):
             print(f"| {task.name} | {method} | {accs} | {seconds:.1f} s |", flush=True)
 
 
+def orders(tasks: list[Task], args):
+    """Sequential compensation (each layer on the pruned model's inputs) against one-shot (every
+    layer on the dense model's), data-free and calibrated: the numbers that chose the default."""
+    print("\n| model | inputs | compensation | " + " | ".join(f"acc @ {f:.0%} FLOPs" for f in args.flops) + " | wall time |")
+    print("|---|---|---|" + "---|" * len(args.flops) + "---|")
+    for task in tasks:
+        for inputs, extra in (("data-free", {}), ("calibrated", {"calib": calibration(task, args.calib_samples, False)})):
+            for sequential in (True, False):
+                runs = [run_method(task, "obspa", f, args, sequential=sequential, **extra) for f in args.flops]
+                accs = " | ".join(f"{r['acc']:.3f}" for r in runs)
+                seconds = np.mean([r["seconds"] for r in runs])
+                print(f"| {task.name} | {inputs} | {'sequential' if sequential else 'one-shot'} | {accs} | "
+                      f"{seconds:.1f} s |", flush=True)
+
+
 def time_resnet50(args):
     """OBSPA on torchvision's ResNet-50 (BN folded, as exported for inference) to 70% FLOPs, with
     each of the data-free generations asked for (progress and the inputs used go to stderr)."""
@@ -172,6 +189,7 @@ def main():
                         help="skip the gradient criteria (they need labels)")
     parser.add_argument("--ablation", action="store_true", help="compare the data-free input generations")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per data-free generation in --ablation")
+    parser.add_argument("--orders", action="store_true", help="compare sequential and one-shot compensation")
     parser.add_argument("--resnet50", nargs="*", choices=obspa.DATA_FREE, default=None,
                         help="time OBSPA on a ResNet-50 export with these data-free generations (default: auto)")
     parser.add_argument("--resnet50-samples", type=int, default=obspa.DEFAULT_SAMPLES)
@@ -189,6 +207,8 @@ def main():
     if args.ablation:
         bn_kept = [digits_task("resnet", args.cache, True), digits_task("mobilenet_v2", args.cache, True)]
         ablation(tasks[:2] + bn_kept, args)
+    if args.orders:
+        orders(tasks, args)
     if args.resnet50 is not None:
         args.resnet50 = args.resnet50 or ["auto"]
         time_resnet50(args)

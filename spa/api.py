@@ -1,7 +1,6 @@
 """The Python API: analyze a model, prune it, and report what changed."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -11,15 +10,16 @@ import onnx
 
 from .calib import load_calibration
 from .conform import default_opset, restore
-from .criteria import DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION, check_scoring, needs_data, score_groups
+from .criteria import DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION, Criterion, ScoringContext, get_criterion
 from .errors import SpaError
 from .graph import Graph
 from .groups import Analysis, analyze
+from .hardware import group_multiple
 from .inputs import choose_shapes
 from .lineage import Lineage
 from .metrics import count_flops, count_params, file_size
 from .rewrite import RewriteError, rewrite, validate
-from .targets import Selection, Target, check_ratio, choose
+from .targets import Selection, Target, check_ratio, check_round_to, choose
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Report:
     criterion: str
     ratio: float
     scope: str
-    round_to: int
+    round_to: int | str  # "auto" or N
     params_before: int
     params_after: int
     flops_before: int
@@ -42,7 +42,7 @@ class Report:
     groups_pruned: int
     channels: list = field(default_factory=list)  # per pruned group: id, before, after
     removed: list = field(default_factory=list)
-    blocked: list = field(default_factory=list)  # per blocked group: id, channels, reasons
+    blocked: list = field(default_factory=list)  # per blocked group: id, channels, reasons, codes (spa.reasons)
     approximate: list = field(default_factory=list)  # pruned groups whose result is not exact
     latency: dict = field(default_factory=dict)
     opset: dict = field(default_factory=dict)  # input, analyzed and written opsets
@@ -66,7 +66,7 @@ def removed_slices(analysis: Analysis, chosen: dict[int, np.ndarray]) -> dict[tu
     return {k: np.unique(np.concatenate(v)) for k, v in removed.items()}
 
 
-def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str | None = None, round_to: int = 1,
+def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", scope: str | None = None, round_to: int | str = "auto",
           keep=(), max_ratio: float = 0.9, carrier: str = "outer", seed: int = 0, exact: bool = False,
           check: bool = True, *, target_flops: float | None = None, target_params: float | None = None,
           steps: int = 1, isomorphic: bool = False, aggregate: str = DEFAULT_AGGREGATION,
@@ -84,10 +84,16 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
       original (scope "global" by default; "local" prunes every group by the same ratio).
     `steps` > 1 prunes in that many rounds toward it, re-analyzing and re-scoring the pruned model
     between rounds. `isomorphic` ranks channels only against groups of the same structure.
+    `round_to`: "auto" (the default) keeps each group's channel count at the multiple that
+    onnxruntime's CPU kernels work in for its layers (spa.hardware.KERNEL_MULTIPLES), N at a
+    multiple of N, 1 not rounded; where rounding and the target conflict, the target wins by
+    dropping whole multiples (see spa.targets).
     `head_ratio` and `hidden_ratio` prune attention heads (or head sizes, with the inner carrier)
     and a transformer's hidden size by their own ratio, in every such group; the target above
     then applies to the other groups (see Group.kind).
-    Scores: `criterion` (spa.criteria.CRITERIA), aggregated over each group's members by
+    Scores: `criterion`, a name (spa.criteria.CRITERIA, COMPENSATING), a spa.criteria.Criterion
+    or a callable scoring one group from its weights (spa.criteria.FunctionCriterion); a
+    per-weight criterion's scores are aggregated over each group's members by
     `aggregate` and normalized within the group by `normalize`; criteria that need data read
     `calib` (an .npz path or a dict of arrays keyed by input name, and `labels`, or model
     predictions as labels with `pseudo_labels`). Criterion "obspa" (spa.obspa) ranks channels by
@@ -101,56 +107,64 @@ def prune(model, ratio: float | None = None, criterion: str = "l1", scope: str |
     with the reason and the rest pruned again.
     """
     target = Target.from_options(ratio, target_flops, target_params)
+    round_to = check_round_to(round_to)
     if scope is None:
         scope = "global" if target.kind != "ratio" or isomorphic else "local"
     selection = Selection(target, scope, round_to, max_ratio, _count(steps, "--steps"), isomorphic)
-    surgery = criterion == "obspa"
-    if surgery and selection.steps > 1:
-        raise SpaError("--criterion obspa prunes in one step: it rewrites the weights it keeps")
-    if not surgery:
-        check_scoring(criterion, aggregate, normalize)
+    crit = get_criterion(criterion)
+    if crit.compensates and selection.steps > 1:
+        raise SpaError(f"--criterion {crit.name} prunes in one step: it rewrites the weights it keeps")
+    crit.check(ScoringContext(aggregate=aggregate, normalize=normalize))
     _count(batch_size, "--calib-batch")
     own_ratios = _own_ratios(head_ratio, hidden_ratio)
     graph = Graph.load(model)
     shapes, shape_note = choose_shapes(graph.model, input_shapes)
-    if calib is not None and (surgery or needs_data(criterion)):
+    if calib is not None and crit.uses_data:
         calib = load_calibration(calib, graph.model)  # checked once, before any work
-    scoring = dict(criterion=criterion, seed=seed, aggregate=aggregate, normalize=normalize, calib=calib,
-                   pseudo_labels=pseudo_labels, batch_size=batch_size, progress=progress)
+    scoring = dict(seed=seed, aggregate=aggregate, normalize=normalize, calib=calib, pseudo_labels=pseudo_labels,
+                   batch_size=batch_size, progress=progress, input_shapes=shapes, options=dict(obspa or {}))
     original = analyze(graph, keep=keep, carrier=carrier)
-    settings = dict(criterion=criterion, ratio=target.value if target.kind == "ratio" else 0.0, scope=scope,
+    settings = dict(criterion=crit.name, ratio=target.value if target.kind == "ratio" else 0.0, scope=scope,
                     round_to=round_to, shapes=shapes, opset=opset, notes=[shape_note] if shape_note else [])
     while True:
-        chosen, surgeon = _select(original, selection, scoring, surgery, obspa, exact, keep, own_ratios, shapes)
-        with surgeon or contextlib.nullcontext():
-            new_values = surgeon.compensation(chosen) if surgeon else None
+        with ScoringContext(**scoring) as context:  # a compensating criterion's state lives until compensation
+            chosen = _select(original, selection, crit, context, exact, keep, own_ratios)
+            new_values = crit.compensation(original, chosen, context) if crit.compensates else None
         try:
             return apply(original, chosen, check=check, new_values=new_values,
-                         **{**settings, "notes": settings["notes"] + (surgeon.notes if surgeon else [])})
+                         **{**settings, "notes": settings["notes"] + context.notes + _left_small(original, chosen, selection)})
         except GroupsFailed as failed:  # blocked now; the others are chosen again without them
             for g in failed.groups:
-                original.groups[g].blocked.append(failed.reason)
+                original.groups[g].block(failed.reason, failed.code)
 
 
-def _select(original: Analysis, selection: Selection, scoring: dict, surgery: bool, obspa: dict | None, exact: bool,
-            keep, own_ratios, shapes: dict) -> tuple[dict[int, np.ndarray], object]:
+def _left_small(analysis: Analysis, chosen: dict[int, np.ndarray], selection: Selection) -> list[str]:
+    """A note on the groups `--round-to auto` left whole in a local prune for being no larger
+    than their kernels' channel block."""
+    if selection.round_to != "auto" or selection.scope != "local" or not selection.target.value:
+        return []
+    small = [g for g in analysis.prunable if g.id not in chosen and g.units <= group_multiple(g, analysis.graph)]
+    if not small:
+        return []
+    return [f"{len(small)} prunable group(s) no larger than their kernels' channel block left whole: cut below it "
+            "they run no faster (--round-to 1 prunes them too)"]
+
+
+def _select(original: Analysis, selection: Selection, crit: Criterion, context: ScoringContext, exact: bool,
+            keep, own_ratios) -> dict[int, np.ndarray]:
     """Score the prunable groups and choose the units to remove (group id -> unit positions in
-    the original), over `selection.steps` rounds; with OBSPA, also the surgeon that compensates."""
+    the original), over `selection.steps` rounds."""
     graph = original.graph
     cost = {"flops": count_flops(graph), "params": count_params(graph)}
     lineage = Lineage(original)
     analysis = original
-    surgeon = None
     for step in range(1, selection.steps + 1):
         groups = [g for g in analysis.prunable if not (exact and g.approximate) and (step == 1 or lineage.whole_units(g))]
-        if surgery:
-            from .obspa import Obspa  # torch, imported only when asked for
-
-            surgeon = Obspa(analysis, calib=scoring["calib"], seed=scoring["seed"], batch_size=scoring["batch_size"],
-                            progress=scoring["progress"], input_shapes=shapes, **(obspa or {}))
-            scores = surgeon.scores(groups)
-        else:
-            scores = score_groups(analysis, groups=groups, **scoring)
+        scores = crit.scores(analysis, groups, context)
+        missing = [g.id for g in groups if g.id not in scores or len(scores[g.id]) != g.units]
+        if missing:
+            raise SpaError(f"criterion '{crit.name}' gave no scores, or not one per channel, for groups "
+                           f"{', '.join(map(str, missing[:10]))}")
         units = lineage.original_units(analysis)
         chosen = {}
         for kinds, kind_ratio in own_ratios:
@@ -163,7 +177,7 @@ def _select(original: Analysis, selection: Selection, scoring: dict, surgery: bo
         if step < selection.steps:
             analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits),
                                keep=keep, carrier=original.carrier)
-    return lineage.removed_units(), surgeon
+    return lineage.removed_units()
 
 
 def _own_ratios(head_ratio: float | None, hidden_ratio: float | None) -> list[tuple[tuple[str, ...], float]]:
@@ -183,11 +197,12 @@ def _count(value, name: str) -> int:
 
 
 class GroupsFailed(SpaError):
-    """Removing these groups' channels cannot be rewritten, or breaks the pruned model: `reason`."""
+    """Removing these groups' channels cannot be rewritten, or breaks the pruned model: `reason`,
+    with its code (rewrite_failed or breaks_model, spa.reasons)."""
 
-    def __init__(self, groups: set[int], reason: str):
+    def __init__(self, groups: set[int], reason: str, code: str = "rewrite_failed"):
         super().__init__(f"groups {', '.join(map(str, sorted(groups)))}: {reason}")
-        self.groups, self.reason = groups, reason
+        self.groups, self.reason, self.code = groups, reason, code
 
 
 def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
@@ -217,7 +232,8 @@ def apply(analysis: Analysis, chosen: dict[int, np.ndarray], check: bool = True,
                  for (t, a), idx in sorted(removed_slices(analysis, chosen).items(),
                                            key=lambda kv: (graph.param_position(kv[0][0]), kv[0][1]))
                  if graph.is_param(t)],
-        blocked=[{"group": g.id, "channels": g.units, "reasons": g.blocked} for g in analysis.blocked],
+        blocked=[{"group": g.id, "channels": g.units, "reasons": [str(r) for r in g.blocked], "codes": g.blocked_codes}
+                 for g in analysis.blocked],
         approximate=[g for g in sorted(chosen) if analysis.groups[g].approximate],
         opset={"input": graph.origin.opset, "analyzed": graph.opset, "written": default_opset(written)},
         input_shapes={n: list(s) for n, s in (shapes or {}).items()},
@@ -241,11 +257,11 @@ def _rewritten(analysis: Analysis, chosen: dict[int, np.ndarray], new_values, sh
         node = analysis.graph.nodes[e.node]
         touched = set(node.input) | set(node.output)
         culprits = {g for g in chosen if any(m.tensor in touched for m in analysis.groups[g].members)}
-        raise GroupsFailed(culprits or set(chosen), f"cannot be rewritten: {e}") from None
+        raise GroupsFailed(culprits or set(chosen), f"cannot be rewritten: {e}", "rewrite_failed") from None
     except SpaError as e:
         if not chosen:
             raise
-        raise GroupsFailed(_culprits(chosen, attempt), f"breaks the pruned model ({e})") from None
+        raise GroupsFailed(_culprits(chosen, attempt), f"breaks the pruned model ({e})", "breaks_model") from None
 
 
 def _culprits(chosen: dict[int, np.ndarray], attempt) -> set[int]:

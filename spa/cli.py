@@ -62,6 +62,7 @@ def cmd_analyze(args) -> int:
         print(f"opset {origin.opset}: analyzed at opset {analysis.graph.opset} (spa prune writes opset {origin.opset} back)")
     if note:
         print(note)
+    analysis.costs()
     rows = []
     for g in analysis.groups:
         params = g.params
@@ -69,21 +70,33 @@ def cmd_analyze(args) -> int:
         first = f"{params[0].tensor}[{params[0].axis}]" if params else "-"
         width = max((len(m.indices) // g.units for m in params), default=1)
         size = f"{g.units} heads x {width}" if g.kind == "heads" else g.units
-        rows.append([g.id, g.kind, size, status, len(params), first])
-    print(table(rows, ["group", "kind", "units", "status", "params", "first parameter"]))
+        rows.append([g.id, g.kind, size, status, _human(g.cost["params"]), f"{g.cost['flops_share'] * 100:.1f}%",
+                     g.layer or "-", first])
+    print(table(rows, ["group", "kind", "units", "status", "params", "FLOPs", "layer", "first parameter"]))
     if args.verbose:
         for g in analysis.groups:
             print()
-            print(g.describe())
+            print(g.describe(verbose=True))
+    if analysis.custom_operators:
+        print("\noperators of other domains, and those a user's rule handles:")
+        for op in analysis.custom_operators:
+            domain = f"{op['domain']}." if op["domain"] else ""
+            rule = f"rule {op['rule']}" if op["rule"] else "no rule: blocks the channels that reach it"
+            print(f"  {domain}{op['op_type']} '{op['node']}': {rule}")
     if analysis.blocked:
         print("\nblocked groups:")
         for g in analysis.blocked:
-            print(f"  group {g.id} ({g.units} channels): " + "; ".join(g.blocked))
+            print(f"  group {g.id} ({g.units} channels): " + "; ".join(f"[{c}] {r}" for c, r in zip(g.blocked_codes, g.blocked)))
     approximate = [g for g in analysis.prunable if g.approximate]
     if approximate:
         print("\napproximate groups (pruning changes normalization statistics):")
         for g in approximate:
-            print(f"  group {g.id}: " + "; ".join(g.approximate))
+            print(f"  group {g.id}: " + "; ".join(f"[{c}] {r}" for c, r in zip(g.approximate_codes, g.approximate)))
+    summary = analysis.reason_summary()
+    if summary:
+        print("\nreasons by code:")
+        print(table([[code, n["blocked"], n["approximate"], n["channels"]] for code, n in summary.items()],
+                    ["code", "blocked groups", "approximate groups", "channels"]))
     prunable = analysis.prunable
     print(f"\n{len(analysis.groups)} groups: {len(prunable)} prunable ({sum(g.units for g in prunable)} channels), "
           f"{len(analysis.blocked)} blocked, {sum(1 for g in analysis.groups if not g.blocked and g.units < 2)} single-channel")
@@ -133,21 +146,49 @@ def cmd_prune(args) -> int:
     if report.approximate:
         print(f"{len(report.approximate)} pruned group(s) are approximate (normalization over pruned channels); "
               "use --exact to prune only groups whose removal is exact")
-    if hint := no_faster_hint(report, args.round_to):
-        print(hint)
+    if report.latency and report.latency["after"]["median_ms"] >= report.latency["before"]["median_ms"]:
+        from .hardware import misaligned_layers
+
+        try:
+            layers = misaligned_layers(args.model, pruned)
+        except SpaError:  # only the list of layers to blame is lost
+            layers = []
+        print(slower_warning(report, args.round_to, layers))
     print(f"\nwrote {output} (opset {report.opset['written']})")
     if args.report:
         _write_json(args.report, report.to_dict(), protected=[args.model, output])
     return 0
 
 
-def no_faster_hint(report, round_to: int) -> str | None:
+SHOWN_LAYERS = 5
+
+
+def slower_warning(report, round_to, layers: list[dict]) -> str:
+    """The pruned model measured no faster than the original: say so, name the layers whose
+    channel counts miss the multiples onnxruntime's kernels work in (spa.hardware), and what to try."""
+    b, a = report.latency["before"]["median_ms"], report.latency["after"]["median_ms"]
+    lines = ["", "WARNING: the pruned model is " + ("SLOWER than" if a > b else "no faster than") +
+             f" the original here: {a:.3f} ms against {b:.3f} ms ({a / b:.2f}x the time, batch 1)."]
+    if layers:
+        lines.append("  layers whose pruned channel counts miss the multiple onnxruntime's CPU kernels work in, "
+                     "most FLOPs first:")
+        for layer in layers[:SHOWN_LAYERS]:
+            (i0, o0), (i1, o1) = layer["before"], layer["after"]
+            lines.append(f"    {layer['op']} '{layer['node']}': {i0} -> {i1} input and {o0} -> {o1} output channels "
+                         f"(multiples of {layer['multiple']} run fastest), {_human(layer['flops'])} MACs")
+        if len(layers) > SHOWN_LAYERS:
+            lines.append(f"    ... and {len(layers) - SHOWN_LAYERS} more")
+    lines.append("  " + no_faster_hint(report, round_to))
+    return "\n".join(lines)
+
+
+def no_faster_hint(report, round_to) -> str | None:
     """What to try when the pruned model measured no faster than the original."""
     if not report.latency or report.latency["after"]["median_ms"] < report.latency["before"]["median_ms"]:
         return None
-    if round_to % 8:  # onnxruntime's CPU convolutions work on blocks of 8 or 16 channels
-        return ("the pruned model is no faster here: try --round-to 8 (or 16), channel counts that "
-                "onnxruntime's CPU kernels run in whole blocks")
+    if round_to != "auto" and round_to % 8:  # onnxruntime's CPU convolutions work on blocks of 8 or 16 channels
+        return ("the pruned model is no faster here: leave out --round-to (auto, the default, rounds channel counts "
+                "to what onnxruntime's CPU kernels run in whole blocks), or try --round-to 8 or 16")
     return "the pruned model is no faster here: prune more, or measure with `spa bench` at your batch size"
 
 
@@ -318,6 +359,15 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text}") from None
 
 
+def _round_to(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not auto or a whole number: {text}") from None
+
+
 def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     from .inputs import parse_input_shape
 
@@ -401,7 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global scope: rank channels only against groups of the same structure")
     p.add_argument("--max-ratio", type=_ratio, default=0.9,
                    help="global scope and targets: most of its channels a group may lose (default 0.9)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts at multiples of N")
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="keep channel counts at multiples of N; auto (the default): the multiple onnxruntime's CPU "
+                        "kernels work in for each group's layers (16 for convolutions, 4 depthwise, 1 Gemm/MatMul); "
+                        "1: no rounding")
     p.add_argument("--exact", action="store_true", help="prune only groups whose removal is exact (no normalization over them)")
     p.add_argument("--head-ratio", type=_ratio, metavar="R",
                    help="fraction of the attention heads to remove in every attention (default: as the target)")
@@ -439,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.add_argument("--val", metavar="VAL.npz", help="validation arrays, same keys: accuracy per epoch and of the result")
     p.add_argument("--loss", default="ce", help="ce (cross-entropy on class ids, the default) or mse")
-    p.add_argument("--optimizer", default="dhspg", help="dhspg (the default) or hspg")
+    p.add_argument("--optimizer", default="dhspg",
+                   help="the optimizer, by its name in spa.train.OPTIMIZERS: dhspg (the default) or hspg")
     p.add_argument("--target-sparsity", type=_ratio, default=0.5, help="fraction of channels to train to zero (default 0.5)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=_ratio, default=None, help="learning rate (default 0.1 for sgd, 3e-3 for adam and adamw)")

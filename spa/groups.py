@@ -22,7 +22,8 @@ from scipy.sparse.csgraph import connected_components
 
 from .errors import SpaError
 from .graph import Graph
-from .rules import Approximate, Block, Link, NodeView, Requires, Role, Summed, Unknown, rule_for
+from .reasons import Reason, code_of
+from .rules import Approximate, Block, Link, NodeView, Requires, Role, Summed, Unknown, is_builtin, rule_for, rule_name
 from .rules.shape import CARRIERS
 from .symbols import Product
 
@@ -49,6 +50,10 @@ class Member:
 
 @dataclass
 class Group:
+    """One coupled channel group. `blocked` and `approximate` are the reasons, each a text (a
+    `str`) with a stable `.code` (spa.reasons.Reason; `blocked_codes` lists them); `layer` is the
+    operator where its channels are born (the Conv whose output channels they are)."""
+
     id: int
     units: int  # how many channels (units) the group has
     members: list[Member]
@@ -56,6 +61,8 @@ class Group:
     approximate: list[str] = field(default_factory=list)
     operators: list[str] = field(default_factory=list)
     kind: str = "channels"  # channels, heads, head_dims or hidden (see _Propagation._kind)
+    layer: str = ""  # "Conv 'name'": the first operator that reads the group's weights and outputs its channels
+    cost: dict | None = None  # {"params", "flops", "flops_share"} of all its channels, once Analysis.costs() ran
 
     @property
     def prunable(self) -> bool:
@@ -65,13 +72,44 @@ class Group:
     def params(self) -> list[Member]:
         return [m for m in self.members if m.is_param]
 
-    def describe(self) -> str:
-        """A readable chain of what removing one unit of this group removes."""
-        state = ("blocked: " + "; ".join(self.blocked) if self.blocked
+    @property
+    def blocked_codes(self) -> list[str]:
+        """The code of each blocked reason (spa.reasons.REASON_CODES), in the order of `blocked`."""
+        return [code_of(r) for r in self.blocked]
+
+    @property
+    def approximate_codes(self) -> list[str]:
+        return [code_of(r) for r in self.approximate]
+
+    def block(self, text: str, code: str) -> None:
+        """Block the group (after the analysis: a rewrite that fails, say) for `text`, with `code`."""
+        self.blocked.append(Reason(text, code))
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, verbose: bool = False) -> str:
+        """A readable chain of what removing one unit of this group removes. verbose: every
+        member, activations included, with the indices each unit owns, every operator, and each
+        reason with its code."""
+        state = ("blocked" + ("" if verbose else ": " + "; ".join(self.blocked)) if self.blocked
                  else "prunable" if self.prunable else "kept: one channel cannot go")
         if self.approximate and not self.blocked:
-            state += " (approximate: " + "; ".join(self.approximate) + ")"
-        lines = [f"group {self.id}: {self.units} channels, {state}"]
+            state += " (approximate" + ("" if verbose else ": " + "; ".join(self.approximate)) + ")"
+        where = f" of {self.layer}" if self.layer else ""
+        lines = [f"group {self.id}: {self.units} {self._unit_word()}{where}, {state}"]
+        if self.cost is not None:
+            lines.append(f"  {self.cost['params']:,} parameters, {self.cost['flops_share'] * 100:.1f}% of the FLOPs")
+        if verbose:
+            for label, reasons in (("blocked", self.blocked), ("approximate", self.approximate)):
+                lines += [f"  {label} [{code_of(r)}]: {r}" for r in reasons]
+            for m in self.members:
+                kind = "param" if m.is_param else "activation"
+                units = " | ".join(_compact(m.unit(u)) for u in range(self.units))
+                lines.append(f"  {kind} {m.tensor}[axis {m.axis}], {len(m.indices)} of {m.size}: {units}")
+            if self.operators:
+                lines.append("  through: " + ", ".join(self.operators))
+            return "\n".join(lines)
         for m in self.params:
             per_unit = len(m.indices) // max(self.units, 1)
             lines.append(f"  {m.tensor}[axis {m.axis}]: {len(m.indices)} of {m.size}" + (f" ({per_unit} per channel)" if per_unit > 1 else ""))
@@ -80,14 +118,22 @@ class Group:
             lines.append(f"  through: {shown}")
         return "\n".join(lines)
 
+    def _unit_word(self) -> str:
+        return {"heads": "heads", "head_dims": "head dims", "hidden": "hidden channels"}.get(self.kind, "channels")
+
     def to_dict(self) -> dict:
         return {
             "id": self.id,
             "channels": self.units,
             "prunable": self.prunable,
-            "blocked": self.blocked,
-            "approximate": self.approximate,
+            "blocked": [str(r) for r in self.blocked],
+            "blocked_codes": self.blocked_codes,
+            "approximate": [str(r) for r in self.approximate],
+            "approximate_codes": self.approximate_codes,
             "kind": self.kind,
+            "layer": self.layer,
+            **({"params": self.cost["params"], "flops": self.cost["flops"], "flops_share": self.cost["flops_share"]}
+               if self.cost is not None else {}),
             "members": [
                 {"tensor": m.tensor, "axis": m.axis, "param": m.is_param, "indices": len(m.indices), "size": m.size}
                 for m in self.members
@@ -96,12 +142,25 @@ class Group:
         }
 
 
+def _compact(indices: np.ndarray) -> str:
+    """Indices as runs: "0-63", "3", "0-3,8-11"."""
+    values = [int(i) for i in indices]
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "-"
+
+
 @dataclass
 class Analysis:
     graph: Graph
     groups: list[Group]
     carrier: str
     digits: dict = field(default_factory=dict)  # (tensor, axis) of symbolic size -> its prunable digit
+    custom_operators: list = field(default_factory=list)  # nodes of other domains, or with a user's rule (see analyze)
 
     @property
     def prunable(self) -> list[Group]:
@@ -111,15 +170,94 @@ class Analysis:
     def blocked(self) -> list[Group]:
         return [g for g in self.groups if g.blocked]
 
+    def reason_summary(self) -> dict[str, dict[str, int]]:
+        """Per code: how many groups are blocked ("blocked") or approximate and prunable
+        ("approximate") for it, and their channels."""
+        summary: dict[str, dict[str, int]] = {}
+        for g in self.groups:
+            for label, codes in (("blocked", g.blocked_codes), ("approximate", [] if g.blocked else g.approximate_codes)):
+                for code in dict.fromkeys(codes):
+                    entry = summary.setdefault(code, {"blocked": 0, "approximate": 0, "channels": 0})
+                    entry[label] += 1
+                    entry["channels"] += g.units
+        return dict(sorted(summary.items(), key=lambda kv: (-kv[1]["blocked"] - kv[1]["approximate"], kv[0])))
+
+    def costs(self) -> list[dict]:
+        """Each group's parameters and FLOPs if all its channels went (also kept on group.cost):
+        `params` the parameter elements of its slices, `flops` what the operators next to its
+        dimensions would no longer compute (spa.metrics on shapes with the group's axes emptied),
+        and `flops_share` that as a fraction of the model's FLOPs."""
+        from .metrics import count_flops, node_flops
+
+        total = None
+        for g in self.groups:
+            if g.cost is not None:
+                continue
+            total = count_flops(self.graph) if total is None else total
+            removed = {(m.tensor, m.axis): len(m.indices) for m in g.members}
+            shrunk = _ShrunkView(self.graph, removed)
+            nodes = set()
+            for m in g.members:
+                t = self.graph.tensors[m.tensor]
+                nodes.update(t.consumers)
+                if t.producer is not None:
+                    nodes.add(t.producer)
+            flops = sum(node_flops(self.graph, i) - node_flops(shrunk, i) for i in sorted(nodes))
+            g.cost = {"params": _param_elements(self.graph, g), "flops": int(flops),
+                      "flops_share": flops / total if total else 0.0}
+        return [g.cost for g in self.groups]
+
     def to_dict(self) -> dict:
+        self.costs()
         return {
             "groups_total": len(self.groups),
             "groups_prunable": len(self.prunable),
             "groups_blocked": len(self.blocked),
             "channels_prunable": sum(g.units for g in self.prunable),
             "reshape_carrier": self.carrier,
+            "reasons": self.reason_summary(),
+            "custom_operators": self.custom_operators,
             "groups": [g.to_dict() for g in self.groups],
         }
+
+
+class _ShrunkView:
+    """A Graph seen with some dimensions smaller by the given counts (everything else delegated)."""
+
+    def __init__(self, graph: Graph, removed: dict[tuple[str, int], int]):
+        self._graph = graph
+        self._shapes: dict[str, tuple] = {}
+        for (name, axis), count in removed.items():
+            shape = list(self._shapes.get(name, graph.shape(name)))
+            if isinstance(shape[axis], int):  # a symbolic size (pruned by a digit of it) counts as 1 either way
+                shape[axis] = max(shape[axis] - count, 0)
+            self._shapes[name] = tuple(shape)
+
+    def shape(self, name: str):
+        return self._shapes[name] if name in self._shapes else self._graph.shape(name)
+
+    def __getattr__(self, name):
+        return getattr(self._graph, name)
+
+
+def _param_elements(graph: Graph, group: Group) -> int:
+    """Parameter elements in the group's slices (as spa.metrics.count_params counts: float
+    weights, a copy sharing its source's storage not counted again)."""
+    from .metrics import _INDEX_TYPES
+
+    axes: dict[str, dict[int, int]] = {}
+    for m in group.params:
+        axes.setdefault(m.tensor, {})[m.axis] = len(m.indices)
+    total = 0
+    for name, cut in axes.items():
+        t = graph.tensors[name]
+        if name in graph.copies or t.dtype in _INDEX_TYPES or t.shape is None or \
+                not all(isinstance(d, int) for d in t.shape):
+            continue
+        whole = int(np.prod(t.shape))
+        left = int(np.prod([d - cut.get(a, 0) for a, d in enumerate(t.shape)]))
+        total += whole - left
+    return total
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -150,7 +288,20 @@ def analyze(model, keep=(), carrier: str = "outer") -> Analysis:
     propagation.flag_sums_over_nonzero()
     propagation.keep(keep)
     digits = {propagation.dims[d]: digit for d, digit in propagation.digits.items()}
-    return Analysis(graph, propagation.groups(), carrier, digits)
+    return Analysis(graph, propagation.groups(), carrier, digits, _custom_operators(graph))
+
+
+def _custom_operators(graph: Graph) -> list[dict]:
+    """The nodes of other domains than ONNX's, and the nodes a user's rule handles: which rule
+    (None: no rule, so they block the channels reaching them)."""
+    found = []
+    for index, node in enumerate(graph.nodes):
+        rule = rule_for(node)
+        custom_domain = node.domain not in ("", "ai.onnx")
+        if custom_domain or (rule is not None and not is_builtin(rule)):
+            found.append({"node": graph.node_name(index), "op_type": node.op_type, "domain": node.domain or "",
+                          "rule": rule_name(rule) if rule is not None else None})
+    return found
 
 
 class _Propagation:
@@ -198,9 +349,9 @@ class _Propagation:
         self.offsets.append(self.offsets[-1] + size)
         self.queue.append(dim)
         if tensor in self.graph.outputs:
-            self.blocks.append((dim, None, f"reaches the graph output '{tensor}'"))
+            self.blocks.append((dim, None, Reason(f"reaches the graph output '{tensor}'", "graph_output")))
         if tensor in self.graph.inputs:
-            self.blocks.append((dim, None, f"reaches the graph input '{tensor}'"))
+            self.blocks.append((dim, None, Reason(f"reaches the graph input '{tensor}'", "graph_input")))
         return dim
 
     def _digit_of(self, tensor: str, axis: int, live_dim: int) -> tuple[int, int] | None:
@@ -252,40 +403,44 @@ class _Propagation:
         rule = rule_for(node)
         if rule is None:
             domain = f" (domain {node.domain})" if node.domain not in ("", "ai.onnx") else ""
-            self.blocks.append((dim, None, f"reaches {node.op_type}{domain} '{view.name}', which has no pruning rule"))
+            self.blocks.append((dim, None, Reason(f"reaches {node.op_type}{domain} '{view.name}', which has no pruning rule",
+                                                  "no_rule")))
             return
         try:
             verdicts = list(rule.links(view, tensor, axis))
             targets = [self.live(v.tensor, v.axis, v.digit or self._digit_of(v.tensor, v.axis, dim))
                        if isinstance(v, Link) else None for v in verdicts]
         except Unknown as e:
-            self.blocks.append((dim, None, str(e) if f"'{view.name}'" in str(e) else f"{e} ({node.op_type} '{view.name}')"))
+            text = str(e) if f"'{view.name}'" in str(e) else f"{e} ({node.op_type} '{view.name}')"
+            self.blocks.append((dim, None, Reason(text, getattr(e, "code", "other"))))
             return
         except (ArithmeticError, ValueError, TypeError, IndexError, KeyError) as e:
             # an attribute or shape the rule cannot make sense of (a group of 0, a size that does
             # not divide): the channels stay, whatever the operator does
-            self.blocks.append((dim, None, f"{node.op_type} '{view.name}' has attributes or shapes SPA cannot read "
-                                           f"({type(e).__name__})"))
+            self.blocks.append((dim, None, Reason(f"{node.op_type} '{view.name}' has attributes or shapes SPA cannot read "
+                                                  f"({type(e).__name__})", "bad_attributes")))
             return
         for verdict, target in zip(verdicts, targets):
             if isinstance(verdict, Link):
                 if target is None:
-                    self.blocks.append((dim, None, f"the size of axis {verdict.axis} of '{verdict.tensor}' is unknown"))
+                    self.blocks.append((dim, None, Reason(f"the size of axis {verdict.axis} of '{verdict.tensor}' is unknown",
+                                                          "unknown_size")))
                     continue
                 if len(verdict.dst) and (verdict.dst.max() >= self.sizes[target] or verdict.src.max() >= self.sizes[dim]):
                     # shapes that disagree with each other (a stale declaration): never guess
-                    self.blocks.append((dim, None, f"{node.op_type} '{view.name}' sees sizes that disagree "
-                                                   f"('{verdict.tensor}' axis {verdict.axis} against '{tensor}' axis {axis})"))
+                    self.blocks.append((dim, None, Reason(f"{node.op_type} '{view.name}' sees sizes that disagree "
+                                                          f"('{verdict.tensor}' axis {verdict.axis} against '{tensor}' "
+                                                          f"axis {axis})", "shapes_disagree")))
                     continue
                 self.edges.append((self.offsets[dim] + verdict.src, self.offsets[target] + verdict.dst))
                 self.dim_nodes.setdefault(target, set()).add(index)
                 self.node_ties.setdefault(index, set()).add((dim, target))
             elif isinstance(verdict, Block):
-                self.blocks.append((dim, verdict.indices, verdict.reason))
+                self.blocks.append((dim, verdict.indices, Reason(verdict.reason, verdict.code)))
             elif isinstance(verdict, Approximate):
-                self.approximations.append((dim, verdict.reason))
+                self.approximations.append((dim, Reason(verdict.reason, verdict.code)))
             elif isinstance(verdict, Summed):
-                self.sums.append((index, dim, verdict.reason))
+                self.sums.append((index, dim, Reason(verdict.reason, verdict.code)))
             elif isinstance(verdict, Role):
                 self.roles.setdefault(dim, set()).add(verdict.name)
             elif isinstance(verdict, Requires):
@@ -308,7 +463,7 @@ class _Propagation:
             factors = {dim} | {d for pair in self.node_ties.get(index, ()) if dim in pair for d in pair
                                if self.dims[d][0] in self.graph.nodes[index].input}
             if not any(zero[d] for d in factors):
-                self.approximations.append((dim, f"{reason}, which are not zero there"))
+                self.approximations.append((dim, Reason(f"{reason}, which are not zero there", code_of(reason))))
 
     def keep(self, names):
         """Block every live dimension of the named tensors, or of the named nodes' inputs and outputs."""
@@ -322,7 +477,7 @@ class _Propagation:
                 raise SpaError(f"--keep {name}: no node or tensor of that name in the model")
             for (tensor, _), dim in self.dim_ids.items():
                 if tensor in tensors:
-                    self.blocks.append((dim, None, f"kept by --keep {name}"))
+                    self.blocks.append((dim, None, Reason(f"kept by --keep {name}", "kept")))
 
     # ----------------------------------------------------------------- from elements to groups
     def groups(self) -> list[Group]:
@@ -377,8 +532,19 @@ class _Propagation:
                 blocked=list(reasons.get(label, ())), approximate=list(approximate.get(label, ())),
                 operators=[f"{self.graph.nodes[i].op_type} '{self.graph.node_name(i)}'" for i in operators],
                 kind=self._kind(member_dims[g], approximate.get(label, ())),
+                layer=self._layer(members[g]),
             ))
         return groups
+
+    def _layer(self, members: list[Member]) -> str:
+        """The operator the group's channels belong to: the first that reads one of its weights
+        and outputs one of its activations (a Conv, not the BatchNorm after it nor the next
+        layer), else the first that reads one of its weights."""
+        activations = {m.tensor for m in members if not m.is_param}
+        readers = sorted({i for m in members if m.is_param for i in self.graph.tensors[m.tensor].consumers})
+        producing = [i for i in readers if any(o in activations for o in self.graph.nodes[i].output)]
+        chosen = (producing or readers or [None])[0]
+        return "" if chosen is None else f"{self.graph.nodes[chosen].op_type} '{self.graph.node_name(chosen)}'"
 
     def _kind(self, dims: list[int], approximate) -> str:
         """heads (or head_dims, with the inner carrier) for attention, hidden for channels that a
@@ -398,7 +564,7 @@ class _Propagation:
                 and np.array_equal(labels[self.offsets[d]:self.offsets[d + 1]], labels[self.offsets[target]:self.offsets[target + 1]])
                 for d in others)
             if not ok:
-                self.blocks.append((dim, None, need.reason))
+                self.blocks.append((dim, None, Reason(need.reason, need.code)))
 
     def _components(self, total: int) -> np.ndarray:
         """The connected component of every element under the ties."""

@@ -35,31 +35,36 @@ def _numel(shape) -> int:
 
 def count_flops(graph: Graph) -> int:
     """Multiply-accumulates of one inference at batch size 1."""
-    total = 0
-    for index, node in enumerate(graph.nodes):
-        op = node.op_type
-        shape = graph.shape
-        try:
-            if op == "Conv":
-                w = shape(node.input[1])
-                total += _numel(shape(node.output[0])) * _numel(w[1:])
-            elif op == "ConvTranspose":
-                w = shape(node.input[1])
-                total += _numel(shape(node.input[0])) * _numel(w[1:])
-            elif op in ("Gemm", "MatMul"):
-                a = shape(node.input[0])
-                transposed = op == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
-                k = a[0] if transposed else a[-1]
-                total += _numel(shape(node.output[0])) * (k if isinstance(k, int) else 1)
-            elif op == "Einsum":
-                sizes = {}
-                for name, letters in einsum_operands(NodeView(graph, index)):
-                    for letter, d in zip(letters, shape(name)):
-                        sizes[letter] = d if isinstance(d, int) else 1
-                total += int(np.prod(list(sizes.values())))
-        except (TypeError, IndexError):
-            continue  # a shape inference could not give: the operator is not counted
-    return total
+    return sum(node_flops(graph, index) for index in range(len(graph.nodes)))
+
+
+def node_flops(graph: Graph, index: int) -> int:
+    """Multiply-accumulates of one operator at batch size 1 (0 for operators not counted, or
+    whose shapes inference could not give). `graph` may be a view with other shapes (its `shape`)."""
+    node = graph.nodes[index]
+    op = node.op_type
+    shape = graph.shape
+    try:
+        if op == "Conv":
+            w = shape(node.input[1])
+            return _numel(shape(node.output[0])) * _numel(w[1:])
+        if op == "ConvTranspose":
+            w = shape(node.input[1])
+            return _numel(shape(node.input[0])) * _numel(w[1:])
+        if op in ("Gemm", "MatMul"):
+            a = shape(node.input[0])
+            transposed = op == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+            k = a[0] if transposed else a[-1]
+            return _numel(shape(node.output[0])) * (k if isinstance(k, int) else 1)
+        if op == "Einsum":
+            sizes = {}
+            for name, letters in einsum_operands(NodeView(graph, index)):
+                for letter, d in zip(letters, shape(name)):
+                    sizes[letter] = d if isinstance(d, int) else 1
+            return int(np.prod(list(sizes.values())))
+    except (TypeError, IndexError):
+        pass  # a shape inference could not give: the operator is not counted
+    return 0
 
 
 def file_size(model: onnx.ModelProto) -> int:

@@ -67,6 +67,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 import onnx
 import torch
@@ -89,6 +90,7 @@ DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm"
 DEFAULT_INVERSION_STEPS = 50
 INVERSION_BUDGET = 5e12  # multiply-adds "auto" may spend on inversion (a minute or two on 2 cores)
 DEFAULT_MAX_STEPS = 128
+DEFAULT_SEQUENTIAL_PASSES = 8  # bands of depth the sequential compensation solves one after another
 DEFAULT_DAMP = 0.01
 DEFAULT_SAMPLES = 128
 DEFAULT_BATCH = 32
@@ -470,7 +472,8 @@ class Obspa:
     def __init__(self, analysis: Analysis, calib=None, data_free: str = "auto", samples: int = DEFAULT_SAMPLES,
                  batch_size: int = DEFAULT_BATCH, damp: float = DEFAULT_DAMP, memory: int = DEFAULT_MEMORY,
                  inversion_steps: int = DEFAULT_INVERSION_STEPS, max_steps: int = DEFAULT_MAX_STEPS, device=None,
-                 seed: int = 0, progress: bool = False, input_shapes: dict | None = None):
+                 seed: int = 0, progress: bool = False, input_shapes: dict | None = None, sequential: bool = False,
+                 sequential_passes: int = DEFAULT_SEQUENTIAL_PASSES):
         if data_free not in DATA_FREE:
             raise SpaError(f"unknown data-free input generation '{data_free}' (choose from {', '.join(DATA_FREE)})")
         if damp < 0 or min(samples, batch_size, max_steps) < 1 or inversion_steps < 0:
@@ -495,6 +498,8 @@ class Obspa:
         self.shares: dict[int, np.ndarray] = {}  # groups no layer multiplies: each unit's share of the energy
         self.passes = 0  # forward passes over the inputs (one per chunk of layers)
         self.input_shapes = input_shapes  # sizes of the inputs it makes (spa.inputs.choose_shapes)
+        self.sequential = sequential  # compensate layer after layer on the pruned model's inputs
+        self.sequential_passes = max(1, sequential_passes)  # forward passes the sequential compensation may take
         self.notes: list[str] = []  # one line each: what it fell back to
 
     def __enter__(self):
@@ -513,6 +518,7 @@ class Obspa:
             return
         network = RuntimeNetwork(self.graph, self.device)
         batches, batch_statistics = self._inputs(network)
+        self._batches = (batches, batch_statistics)  # kept for the sequential compensation's passes
         sizes = [layer.size(self.graph) ** 2 * 8 for layer in self.layers]
         self.store = HessianStore(self.memory, sum(sizes))
         chunks = self._chunks(sizes)
@@ -573,6 +579,26 @@ class Obspa:
     def _pass(self, network: RuntimeNetwork, layers: list[Layer], fallback: list[Group], batches, batch_statistics: bool):
         """One forward pass over all batches, accumulating the layers' Hessians and the fallback
         groups' channel energies; each finished Hessian is stored as its damped inverse."""
+        hessians, sums = self._accumulate(network, layers, fallback, batches, batch_statistics)
+        for layer in layers:
+            hessian = hessians.pop(layer.weight)
+            matrix = self._matrix(layer)
+            self.output_energy[layer.weight] = max(float(((matrix @ hessian) * matrix).sum()), 1e-30)
+            features = hessian.shape[0] - (layer.bias is not None)
+            self.store.put(layer.weight, _inverse(hessian, self.damp, features).cpu().numpy())
+        for group in fallback:
+            shares = []
+            for k, member in enumerate(group.members):
+                if (group.id, k) in sums:
+                    energy = sums[group.id, k].cpu().numpy()
+                    per_unit = np.add.reduceat(energy[member.indices], member.offsets[:-1])
+                    shares.append(per_unit / max(energy.sum(), 1e-30))
+            self.shares[group.id] = np.mean(shares, axis=0) if shares else np.zeros(group.units)
+
+    def _accumulate(self, network: RuntimeNetwork, layers: list[Layer], fallback: list[Group], batches,
+                    batch_statistics: bool) -> tuple[dict[str, torch.Tensor], dict]:
+        """The layers' Hessians E[x x^T] (weight -> tensor) and the fallback groups' channel
+        energies, from one forward pass of `network` over all batches."""
         graph = self.graph
         moments = {layer.weight: _Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None,
                                           network.device) for layer in layers}
@@ -602,22 +628,12 @@ class Obspa:
 
         network.stream(list(readers) + list(watched), batches, receive, batch_statistics)
         self.passes += 1
+        hessians = {}
         for layer in layers:
             accumulated = moments.pop(layer.weight)
-            hessian = torch.as_tensor(accumulated.hessian(), device=self.device)
+            hessians[layer.weight] = torch.as_tensor(accumulated.hessian(), device=self.device)
             self.store.hold(-accumulated.nbytes)
-            matrix = self._matrix(layer)
-            self.output_energy[layer.weight] = max(float(((matrix @ hessian) * matrix).sum()), 1e-30)
-            features = hessian.shape[0] - (layer.bias is not None)
-            self.store.put(layer.weight, _inverse(hessian, self.damp, features).cpu().numpy())
-        for group in fallback:
-            shares = []
-            for k, member in enumerate(group.members):
-                if (group.id, k) in sums:
-                    energy = sums[group.id, k].cpu().numpy()
-                    per_unit = np.add.reduceat(energy[member.indices], member.offsets[:-1])
-                    shares.append(per_unit / max(energy.sum(), 1e-30))
-            self.shares[group.id] = np.mean(shares, axis=0) if shares else np.zeros(group.units)
+        return hessians, sums
 
     # -------------------------------------------------------------------------- scores
     def scores(self, groups: list[Group] | None = None) -> dict[int, np.ndarray]:
@@ -668,22 +684,67 @@ class Obspa:
     # -------------------------------------------------------------------------- compensation
     def compensation(self, chosen: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
         """New values (parameter name -> array in its original shape) of every layer that loses
-        input channels, and of the biases that take their shifts, for spa.api.apply."""
+        input channels, and of the biases that take their shifts, for spa.api.apply.
+
+        One-shot (the default): every layer against the dense model's inputs, in one go.
+        Sequential (sequential=True): layers are solved in bands of depth, each against the
+        inputs it sees in the model already pruned and compensated before it (as OBC and
+        SparseGPT do), one forward pass a band. On the digits models the two were within a point
+        of each other either way (bench/bench_obspa.py --orders), so the cheaper one is the default."""
         self._hessians()
-        new_values = {}
+        removed = {}
         for layer in self.layers:
-            removed = [layer.units[g][u] for g, units in chosen.items() if g in layer.units for u in units]
-            if not removed:
+            features = [layer.units[g][u] for g, units in chosen.items() if g in layer.units for u in units]
+            if features:
+                removed[layer.weight] = np.unique(np.concatenate(features))
+        layers = [layer for layer in self.layers if layer.weight in removed]
+        new_values: dict[str, np.ndarray] = {}
+        if not self.sequential:
+            for layer in layers:
+                new_values.update(self._solved(layer, self._inverse(layer), removed[layer.weight]))
+            return new_values
+        batches, batch_statistics = self._batches
+        for part in tqdm(self._bands(layers), desc="OBSPA compensation", unit="pass", disable=not self.progress,
+                         file=sys.stderr):
+            if not new_values:  # nothing before these layers changed yet: the dense inputs are theirs
+                for layer in part:
+                    new_values.update(self._solved(layer, self._inverse(layer), removed[layer.weight]))
                 continue
-            new = _compensated(self._matrix(layer), self._inverse(layer), np.unique(np.concatenate(removed)))
-            new = new.cpu().numpy() / self._row_scale(layer)[:, None]
-            features = new.shape[1] - (layer.bias is not None)
-            new_values[layer.weight] = layer.from_matrix(new[:, :features], self.graph.value(layer.weight))
-            if layer.bias is not None:
-                name, factor = layer.bias
-                old = self.graph.value(name)
-                new_values[name] = (factor * new[:, -1]).reshape(old.shape).astype(old.dtype)
+            pruned = RuntimeNetwork(self.graph, self.device, replaced=new_values)
+            hessians, _ = self._accumulate(pruned, part, [], batches, batch_statistics)
+            for layer in part:
+                features = hessians[layer.weight].shape[0] - (layer.bias is not None)
+                inverse = _inverse(hessians.pop(layer.weight), self.damp, features)
+                new_values.update(self._solved(layer, inverse, removed[layer.weight]))
         return new_values
 
+    def _bands(self, layers: list[Layer]) -> list[list[Layer]]:
+        """Layers in at most `sequential_passes` bands of consecutive depth, each band's Hessians
+        fitting the memory budget: a layer's depth is one more than the deepest layer that feeds
+        it, so a band's layers never feed each other and one pass serves them all."""
+        graph = self.graph
+        depth: dict[str, int] = {}
+        for layer in layers:
+            before = set().union(*(nx.ancestors(graph.dag, n) for n in layer.nodes))
+            depth[layer.weight] = 1 + max((depth[other.weight] for other in layers if other.weight in depth
+                                           and any(n in before for n in other.nodes)), default=-1)
+        levels = sorted(set(depth.values()))
+        per_band = max(1, math.ceil(len(levels) / self.sequential_passes))
+        bands = []
+        for start in range(0, len(levels), per_band):
+            band = [layer for layer in layers if depth[layer.weight] in levels[start:start + per_band]]
+            sizes = [layer.size(graph) ** 2 * 8 for layer in band]
+            bands += [[band[i] for i in chunk] for chunk in self._chunks(sizes)]
+        return bands
 
-# ------------------------------------------------------------------------------------ entry point
+    def _solved(self, layer: Layer, inverse: torch.Tensor, removed: np.ndarray) -> dict[str, np.ndarray]:
+        """The layer's weight (and bias) once `removed` features are gone and the rest compensate."""
+        new = _compensated(self._matrix(layer), inverse, removed)
+        new = new.cpu().numpy() / self._row_scale(layer)[:, None]
+        features = new.shape[1] - (layer.bias is not None)
+        values = {layer.weight: layer.from_matrix(new[:, :features], self.graph.value(layer.weight))}
+        if layer.bias is not None:
+            name, factor = layer.bias
+            old = self.graph.value(name)
+            values[name] = (factor * new[:, -1]).reshape(old.shape).astype(old.dtype)
+        return values

@@ -9,13 +9,31 @@ Units are ranked by their (normalized) scores within *classes* of groups:
 
 Everything is driven by one number, the ratio r of the original channels removed: each class
 loses its lowest-scored channels until floor(r * its original channel count) are gone. No group
-loses more than `max_ratio` of its original channels (global scope and targets), every group keeps
-at least one, and with round-to N a group keeps a multiple of N channels, rounded up (it is never
-pruned past the ratio; a group of fewer than N channels is left whole).
+loses more than `max_ratio` of its original channels (global scope and targets) and every group
+keeps at least one.
+
+Round-to: a group keeps a multiple of N channels. With "auto" (the default), N is the multiple
+onnxruntime's kernels work in for the layers the group runs through (spa.hardware: 16 for
+convolutions, 4 for depthwise ones, 1 for Gemm and MatMul; attention heads go whole, so groups of
+heads round to single heads), and where rounding and the target conflict, the target wins by
+dropping whole multiples: the count a group would keep is rounded to the NEAREST multiple (ties:
+the smaller), never to zero, and a group that is its own class (local scope) never keeps all its
+channels when its ratio asks for some to go and a multiple below is possible. A group with no
+multiple below its count (16 channels, a multiple of 16) is left whole: below the block the
+kernels run slower (MobileNetV3's 16-channel layers cut to 8 made the whole model slower than
+leaving them whole). Only where that would leave the whole model as it was although its ratio
+asks for channels to go (a small model of 8 to 16-channel layers), the groups take half their
+multiple, or a quarter, and so on, until one below their count exists. A given N (--round-to N)
+is kept whatever the target: counts are rounded up to multiples of N (a group is never pruned past
+the ratio; a group of at most N channels is left whole).
 
 A FLOPs or parameter target (a fraction of the original model's) is met by bisection on r: the
 cost of each candidate choice is counted exactly on the model's shapes with the chosen channels
 taken out (spa.metrics on shrunk shapes, no rewrite), and the smallest r that meets the target wins.
+When that r's last step overshoots, whole multiples are added one by one from the step before
+(Plan._fill). With auto, where that cannot land within FILL_TOLERANCE, or the most that may go in
+whole multiples does not reach the target, halves of multiples, and so on down to single
+channels: the target wins over rounding there too.
 With steps, step s of n aims at the fraction s/n of the way (ratio * s / n of the channels, or
 1 - (1 - F) * s / n of the FLOPs), counted against the original model.
 """
@@ -29,6 +47,7 @@ import numpy as np
 
 from .errors import SpaError
 from .groups import Analysis, Group
+from .hardware import group_multiple
 from .metrics import count_flops, count_params
 
 SCOPES = ("local", "global")
@@ -41,14 +60,63 @@ def check_ratio(ratio: float, name: str = "--ratio"):
         raise SpaError(f"{name} must be in [0, 1), got {ratio}")
 
 
-def kept_count(n: int, remove: int, round_to: int) -> int:
-    """How many of n channels stay when `remove` were asked to go, honouring round-to."""
-    kept = max(n - remove, 1)
-    if round_to > 1:
-        if n < round_to:
-            return n
-        kept = min(n, math.ceil(kept / round_to) * round_to)
-    return kept
+def check_round_to(round_to) -> int | str:
+    """"auto", or a whole number of at least 1 (1: no rounding)."""
+    if round_to == "auto":
+        return round_to
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer, float)) or not float(round_to).is_integer():
+        raise SpaError(f"--round-to must be auto or a whole number of at least 1, got {round_to!r}")
+    if round_to < 1:
+        raise SpaError(f"--round-to must be at least 1 (1: no rounding) or auto, got {round_to}")
+    return int(round_to)
+
+
+def kept_count(n: int, remove: int, multiple: int = 1, least: int = 1, whole: bool = False, halve: bool = False,
+               nearest: bool = True) -> int:
+    """How many of a group's n units stay when `remove` of them were asked to go, in multiples of
+    `multiple` units (see the module doc). At least `least` stay (the group's cap); `whole`:
+    keeping all n is a choice too (a group among others in its class, or one that lost channels
+    at an earlier step); `halve`: a group with no multiple below n takes half the multiple, and so
+    on. `nearest` (round-to auto): the nearest multiple; otherwise (a given N) the next multiple up,
+    never past the ratio."""
+    if remove <= 0:
+        return n
+    least = max(least, 1)
+    want = max(n - remove, least)
+    if not nearest:
+        return n if multiple > 1 and n <= multiple else min(n, math.ceil(want / multiple) * multiple)
+    grid = _grid(n, multiple, least, halve)
+    if grid is None:  # no multiple below n: the group is left whole
+        return n
+    first, step = grid
+    below = first + max(0, min((want - first) // step, (n - 1 - first) // step)) * step  # at or under want
+    choices = [below] + ([below + step] if below + step < n else []) + ([n] if whole else [])
+    return min(choices, key=lambda kept: (abs(kept - want), kept))
+
+
+def _grid(n: int, multiple: int, least: int = 1, halve: bool = False) -> tuple[int, int] | None:
+    """(first, step): the counts below n a group may keep are first, first + step, ... (< n):
+    the multiples of `multiple` from `least` on (every count for multiple 1; with `halve`, those
+    of the largest halving of the multiple that has one below n). None: there is none."""
+    least = max(least, 1)
+    while True:
+        if multiple <= 1:
+            return (least, 1) if least < n else None
+        first = multiple * math.ceil(least / multiple)
+        if first < n:
+            return first, multiple
+        if not halve:
+            return None
+        multiple //= 2
+
+
+def next_kept(n: int, kept: int, multiple: int = 1, least: int = 1, halve: bool = False) -> int | None:
+    """The largest count below `kept` that a group of n units may keep (see _grid), or None."""
+    grid = _grid(n, multiple, least, halve)
+    if grid is None or kept - 1 < grid[0]:
+        return None
+    first, step = grid
+    return first + min((kept - 1 - first) // step, (n - 1 - first) // step) * step
 
 
 def units_per_multiple(group: Group, round_to: int) -> int:
@@ -90,7 +158,7 @@ class Selection:
 
     target: Target
     scope: str = "local"
-    round_to: int = 1
+    round_to: int | str = "auto"
     max_ratio: float = 0.9
     steps: int = 1
     isomorphic: bool = False
@@ -98,8 +166,7 @@ class Selection:
     def __post_init__(self):
         if self.scope not in SCOPES:
             raise SpaError(f"unknown scope '{self.scope}' (choose from {', '.join(SCOPES)})")
-        if self.round_to < 1:
-            raise SpaError(f"--round-to must be at least 1, got {self.round_to}")
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
         if not (0.0 < self.max_ratio < 1.0):
             raise SpaError(f"--max-ratio must be in (0, 1), got {self.max_ratio}")
         if self.steps < 1:
@@ -137,11 +204,22 @@ class Plan:
         self.scores = scores
         self.order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
         self.caps: dict[int, int] = {}  # how many more units each group may lose
+        self.auto = selection.round_to == "auto"  # nearest multiples, and the target wins; else N is kept
+        self.halve = False  # groups with no multiple below their count are left whole (see choose)
+        self.level = 0  # multiples are halved this many times (see search)
+        self.multiples = {g: self._multiple(analysis.groups[g]) for g in scores}  # in units
         classes: dict[object, list[int]] = {}
         for g in scores:
             classes.setdefault(self._class_of(g), []).append(g)
         original_units = original_units or {}
+        self.original_units = {g: original_units.get(g, len(s)) for g, s in scores.items()}
+        self.shared = {g for members in classes.values() if len(members) > 1 for g in members}  # not their own class
         self.classes = [self._ranked(members, scores, original_units) for members in classes.values()]
+
+    def _multiple(self, group: Group) -> int:
+        round_to = self.selection.round_to
+        channels = group_multiple(group, self.analysis.graph) if round_to == "auto" else round_to
+        return units_per_multiple(group, channels)
 
     def _class_of(self, g: int):
         if self.selection.scope == "local":
@@ -164,6 +242,13 @@ class Plan:
         owners, values = np.concatenate(owners), np.concatenate(values)
         return {"owners": owners[np.argsort(values, kind="stable")], "original": original, "done": done}
 
+    def kept(self, g: int, remove: int) -> int:
+        """How many units group g keeps when `remove` of its units were asked to go (round-to)."""
+        n = len(self.order[g])
+        whole = g in self.shared or n < self.original_units[g]
+        return kept_count(n, remove, max(self.multiples[g] >> self.level, 1), n - self.caps[g], whole, self.halve,
+                          self.auto)
+
     def chosen(self, r: float) -> dict[int, np.ndarray]:
         """Group id -> sorted unit positions to remove, for ratio r."""
         counts: dict[int, int] = {}
@@ -173,8 +258,7 @@ class Plan:
                 counts[int(g)] = int(k)
         chosen = {}
         for g, k in counts.items():
-            n = len(self.order[g])
-            k = n - kept_count(n, k, units_per_multiple(self.analysis.groups[g], self.selection.round_to))
+            k = len(self.order[g]) - self.kept(g, k)
             if k > 0:
                 chosen[g] = np.sort(self.order[g][:k])
         return chosen
@@ -188,12 +272,20 @@ class Plan:
 
     def search(self, cost, goal: float) -> tuple[dict[int, np.ndarray], float]:
         """The choice whose cost lands closest at or under `goal`, and that cost: the smallest r
-        that meets it (bisection), refined unit by unit when that r's last step overshoots
-        (see _fill). When no r gets there, the choice that removes the most."""
+        that meets it (bisection), refined multiple by multiple when that r's last step overshoots
+        (see _fill), and by halves of multiples down to single units while that does not land
+        within FILL_TOLERANCE. When even the most that may go does not get there in whole
+        multiples, halves of multiples, and so on down to single units (the target wins). When no
+        r gets there, the choice that removes the most."""
+        coarsest = max(self.multiples.values(), default=1)
+        levels = max(coarsest.bit_length(), 1) if self.auto else 1  # multiple, its halves, ..., 1 (auto)
         ratios = self.ratios()
         lo, hi = 0, len(ratios) - 1
-        costs = {hi: cost(self.chosen(ratios[hi]))}
-        if costs[hi] > goal:
+        for self.level in range(levels):
+            costs = {hi: cost(self.chosen(ratios[hi]))}
+            if costs[hi] <= goal:
+                break
+        else:
             return self.chosen(ratios[hi]), costs[hi]
         while lo < hi:
             mid = (lo + hi) // 2
@@ -202,30 +294,44 @@ class Plan:
                 hi = mid
             else:
                 lo = mid + 1
-        chosen, reached = self.chosen(ratios[lo]), costs[lo]
-        if lo == 0 or reached >= goal * (1 - FILL_TOLERANCE) or self.selection.round_to > 1:
-            return chosen, reached
+        best = self.chosen(ratios[lo]), costs[lo]
+        if lo == 0 or best[1] >= goal * (1 - FILL_TOLERANCE):
+            return best
         before = self.chosen(ratios[lo - 1])
-        filled, filled_cost = self._fill(before, costs.get(lo - 1) or cost(before), cost, goal)
-        return min([(chosen, reached), (filled, filled_cost)], key=lambda pair: abs(pair[1] - goal))
+        before_cost = costs.get(lo - 1) or cost(before)
+        for level in range(self.level, levels):
+            filled = self._fill(before, before_cost, cost, goal, level)
+            best = min([best, filled], key=lambda pair: abs(pair[1] - goal))
+            if goal * (1 - FILL_TOLERANCE) <= best[1] <= goal:
+                break
+        return best
 
-    def _fill(self, chosen: dict[int, np.ndarray], reached: float, cost, goal: float):
-        """When one more step of r removes a costly unit (an attention head, say) and overshoots,
-        start from the step before and add single units instead, each group's next lowest-scored
-        unit by score, passing over groups whose next unit would go below the goal by more than
-        FILL_TOLERANCE (a group's units all cost alike), until the cost is at most the goal."""
+    def _fill(self, chosen: dict[int, np.ndarray], reached: float, cost, goal: float, level: int = 0):
+        """When one more step of r removes a costly unit (an attention head, a multiple of 16
+        channels) and overshoots, start from the step before and remove one group's next units
+        at a time instead (its multiple, halved `level` times), lowest mean score first, passing
+        over groups whose next step would go below the goal by more than FILL_TOLERANCE (a group's
+        units all cost alike), until the cost is at most the goal."""
         counts = {g: len(chosen.get(g, ())) for g in self.order}
-        heap = [(self.scores[g][self.order[g][k]], g) for g, k in counts.items() if k < self.caps[g]]
+
+        def entry(g):
+            n = len(self.order[g])
+            kept = next_kept(n, n - counts[g], max(self.multiples[g] >> level, 1), n - self.caps[g], self.halve)
+            if kept is None:
+                return None
+            return float(self.scores[g][self.order[g][counts[g]:n - kept]].mean()), g, n - kept
+
+        heap = [e for e in map(entry, counts) if e is not None]
         heapq.heapify(heap)
         while heap and reached > goal:
-            _, g = heapq.heappop(heap)
-            trial = {**chosen, g: np.sort(self.order[g][:counts[g] + 1])}
+            _, g, removed = heapq.heappop(heap)
+            trial = {**chosen, g: np.sort(self.order[g][:removed])}
             trial_cost = cost(trial)
             if trial_cost < goal * (1 - FILL_TOLERANCE):
                 continue
-            chosen, reached, counts[g] = trial, trial_cost, counts[g] + 1
-            if counts[g] < self.caps[g]:
-                heapq.heappush(heap, (self.scores[g][self.order[g][counts[g]]], g))
+            chosen, reached, counts[g] = trial, trial_cost, removed
+            if (e := entry(g)) is not None:
+                heapq.heappush(heap, e)
         return chosen, reached
 
 
@@ -239,7 +345,11 @@ def choose(analysis: Analysis, scores: dict[int, np.ndarray], selection: Selecti
     target = selection.target
     fraction = target.at_step(step, selection.steps)
     if target.kind == "ratio":
-        return plan.chosen(fraction)
+        chosen = plan.chosen(fraction)
+        if not chosen and plan.auto:  # every group too small for its multiple
+            plan.halve = True
+            chosen = plan.chosen(fraction)
+        return chosen
     already = already or {}
     original = (original_cost or {}).get(target.kind) or cost_after(analysis, {}, target.kind)
     chosen, reached = plan.search(lambda c: cost_after(analysis, {**already, **c}, target.kind), fraction * original)

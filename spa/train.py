@@ -40,7 +40,10 @@ point x~ = x - lr * d, then treats each zero-invariant group g as one row x_g:
   the projection stops and redundant groups take the base step again.
 Projections never zero more groups than `target_sparsity` (DHSPG) or `max_sparsity` (HSPG) allow,
 the deepest in the half-space first, and never the last nonzero group of a layer (the groups made
-of the same parameters): a layer keeps at least one channel.
+of the same parameters): a layer keeps at least one channel. Both subclass GroupSparseOptimizer,
+which fixes the arguments every optimizer takes (target_sparsity, target_flops, ...); OPTIMIZERS
+names them for `spa train --optimizer NAME`, and `train(optimizer=...)` also takes a user's
+subclass (see the README, *Extending SPA*).
 
 Defaults of the optimizer classes (those of the OTO reference implementation): epsilon 0; lmbda
 1e-3, lmbda_amplify 2, hat_lmbda_coeff 10 for SGD, and 1e-2, 20, 1e3 for Adam and AdamW;
@@ -74,7 +77,6 @@ from .rules import NodeView, rule_for
 from .torch_bridge import TorchModel, to_torch, write_back
 
 LOSSES = ("ce", "mse")
-OPTIMIZERS = ("dhspg", "hspg")
 BASES = ("sgd", "adam", "adamw")
 
 # OTO's defaults per base optimizer: the group-lasso weight and DHSPG's lambda adaptation.
@@ -416,10 +418,39 @@ def _bundles(groups, params: set[torch.Tensor]) -> list[_Bundle]:
     return [_Bundle(units) for units in by_structure.values()]
 
 
-class _GroupSparse(torch.optim.Optimizer):
-    """The base optimizer's step on every parameter, then `_update_rows` on the groups' rows."""
+class GroupSparseOptimizer(torch.optim.Optimizer):
+    """The base of every prune-while-training optimizer (HSPG, DHSPG, a user's own): the base
+    optimizer's step on every parameter, then `update_rows` on the groups' rows.
 
-    def __init__(self, params, groups, lr, base, momentum, betas, eps, weight_decay, lmbda, epsilon):
+    Every subclass takes the same arguments: params; groups (the zero-invariant groups, each a
+    list of (parameter, axis, indices)); lr and base (sgd, adam, adamw) with momentum, betas, eps,
+    weight_decay; the targets, `target_sparsity` (the fraction of groups to zero, None: no cap)
+    and `target_flops` (not translated into a sparsity yet: refused with a SpaError rather than
+    ignored); `start_step` (steps before pruning starts), `lmbda` (group-lasso weight, None: OTO's
+    default for the base) and `epsilon` (the half-space threshold).
+
+    A new optimizer implements `update_rows(xs, norms, ds, trials, lrs)`, which returns each
+    bundle's new rows; `project` zeroes rows within a budget (never a layer's last channel) and
+    `budget` says how many more may go. Register it with `register_optimizer` for
+    `spa.train(optimizer=NAME)`, or pass the class: `spa.train.train(..., optimizer=MyOptimizer)`.
+    """
+
+    name = "group_sparse"  # what reports and logs call it (the registry's key for built-in ones)
+
+    @classmethod
+    def check_targets(cls, target_sparsity: float | None, target_flops: float | None) -> None:
+        """Refuse targets the optimizer cannot aim at (checked before any training work)."""
+        if target_flops is not None:
+            raise SpaError("target_flops: translating a FLOPs target into a group sparsity is not implemented for "
+                           "the prune-while-training optimizers; give target_sparsity instead")
+        if target_sparsity is not None and not 0 <= target_sparsity < 1:
+            raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
+
+    def __init__(self, params, groups, lr: float, base: str = "sgd", target_sparsity: float | None = None,
+                 target_flops: float | None = None, start_step: int = 0, lmbda: float | None = None,
+                 epsilon: float = 0.0, momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.check_targets(target_sparsity, target_flops)
         if base not in BASES:
             raise ValueError(f"unknown base optimizer '{base}' (choose from {', '.join(BASES)})")
         if lr <= 0 or epsilon < 0:
@@ -427,6 +458,8 @@ class _GroupSparse(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.base = base
+        self.target_sparsity = target_sparsity
+        self.start_step = start_step
         self.lmbda = LAMBDA_DEFAULTS[base]["lmbda"] if lmbda is None else lmbda
         self.epsilon = epsilon
         self.steps = 0
@@ -470,7 +503,7 @@ class _GroupSparse(torch.optim.Optimizer):
         ds = [b.gather(directions.__getitem__) for b in self.bundles]
         trials = [b.gather(lambda p: p) for b in self.bundles]
         lrs = [self._lr_of[b.params[0]]["lr"] for b in self.bundles]
-        for bundle, row in zip(self.bundles, self._update_rows(xs, norms, ds, trials, lrs)):
+        for bundle, row in zip(self.bundles, self.update_rows(xs, norms, ds, trials, lrs)):
             bundle.scatter(row)
         return loss
 
@@ -504,12 +537,13 @@ class _GroupSparse(torch.optim.Optimizer):
         p.add_(d, alpha=-lr)
         return d
 
-    def _update_rows(self, xs, norms, ds, trials, lrs) -> list[torch.Tensor]:
+    def update_rows(self, xs, norms, ds, trials, lrs) -> list[torch.Tensor]:
         """The new rows of every bundle, from the current rows `xs` (and their `norms`), the base
-        directions `ds` and the base trial points `trials` (updated in place)."""
+        directions `ds`, the base trial points `trials` (x - lr * d; may be updated in place) and
+        each bundle's learning rate `lrs`. A bundle is the groups of one layer, row u group u."""
         raise NotImplementedError
 
-    def _project(self, xs, norms, trials, candidates, budget: int) -> None:
+    def project(self, xs, norms, trials, candidates, budget: int) -> None:
         """Zero the candidate rows of the trials (rows in the half-space), the deepest first
         (smallest <trial, x> / ||x||^2), at most `budget` of them and never a bundle's last
         nonzero row; rows already zero stay zero."""
@@ -532,41 +566,50 @@ class _GroupSparse(torch.optim.Optimizer):
         for norm, trial in zip(norms, trials):
             trial[norm == 0] = 0
 
-    def _budget(self, fraction: float, norms) -> int:
+    def budget(self, fraction: float, norms) -> int:
         """How many more groups may be zeroed before `fraction` of all groups are zero."""
         target = math.ceil(fraction * self.total_groups - 1e-9)
         return target - sum(int((norm == 0).sum()) for norm in norms)
 
 
-class HSPG(_GroupSparse):
+_GroupSparse = GroupSparseOptimizer  # the name it had
+
+
+class HSPG(GroupSparseOptimizer):
     """Half-space projected gradient (OTOv1) for f(x) + lmbda * sum_g ||x_g||.
 
     groups: the zero-invariant groups, each a list of (parameter, axis, indices along the axis).
     start_step: steps of subgradient descent before the half-space steps begin.
     epsilon: the half-space threshold (0 <= epsilon < 1; larger zeroes more eagerly).
-    max_sparsity: the half-space steps never zero more than this fraction of the groups.
+    target_sparsity (or max_sparsity, its older name): the half-space steps never zero more than
+    this fraction of the groups (None: no cap).
     base, lr, momentum, betas, eps, weight_decay: the base optimizer (sgd, adam, adamw) that
     gives the direction d of the smooth part.
     """
 
-    def __init__(self, params, groups, lr: float, base: str = "sgd", lmbda: float | None = None, epsilon: float = 0.0,
-                 start_step: int = 0, max_sparsity: float = 1.0, momentum: float = 0.9, betas=(0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, groups, lr, base, momentum, betas, eps, weight_decay, lmbda, epsilon)
-        self.start_step = start_step
-        self.max_sparsity = max_sparsity
+    name = "hspg"
 
-    def _update_rows(self, xs, norms, ds, trials, lrs):
+    def __init__(self, params, groups, lr: float, base: str = "sgd", lmbda: float | None = None, epsilon: float = 0.0,
+                 start_step: int = 0, max_sparsity: float | None = None, momentum: float = 0.9, betas=(0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, target_sparsity: float | None = None,
+                 target_flops: float | None = None):
+        super().__init__(params, groups, lr, base, target_sparsity=target_sparsity, target_flops=target_flops,
+                         start_step=start_step, lmbda=lmbda, epsilon=epsilon, momentum=momentum, betas=betas, eps=eps,
+                         weight_decay=weight_decay)
+        cap = target_sparsity if target_sparsity is not None else max_sparsity
+        self.max_sparsity = 1.0 if cap is None else cap
+
+    def update_rows(self, xs, norms, ds, trials, lrs):
         candidates = []
         for x, norm, trial, lr in zip(xs, norms, trials, lrs):
             trial -= lr * self.lmbda * x / norm.clamp_min(1e-30)[:, None]  # the subgradient: 0 at 0
             candidates.append(in_half_space(trial, x, self.epsilon))
         if self.steps > self.start_step:
-            self._project(xs, norms, trials, candidates, self._budget(self.max_sparsity, norms))
+            self.project(xs, norms, trials, candidates, self.budget(self.max_sparsity, norms))
         return trials
 
 
-class DHSPG(_GroupSparse):
+class DHSPG(GroupSparseOptimizer):
     """Dual half-space projected gradient (OTOv2): trains to a target group sparsity.
 
     groups: the zero-invariant groups, each a list of (parameter, axis, indices along the axis).
@@ -578,27 +621,32 @@ class DHSPG(_GroupSparse):
     base, lr, momentum, betas, eps, weight_decay: the base optimizer (sgd, adam, adamw).
     """
 
+    name = "dhspg"
+
     def __init__(self, params, groups, lr: float, base: str = "sgd", target_sparsity: float = 0.5,
                  tolerance: float = 0.05, start_step: int = 0, lmbda: float | None = None,
                  lmbda_amplify: float | None = None, hat_lmbda_coeff: float | None = None, epsilon: float = 0.0,
-                 momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, groups, lr, base, momentum, betas, eps, weight_decay, lmbda, epsilon)
-        if not 0 <= target_sparsity < 1:
-            raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
+                 momentum: float = 0.9, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 target_flops: float | None = None):
+        if target_sparsity is None:
+            raise ValueError("DHSPG trains to a target sparsity: give target_sparsity in [0, 1)")
+        super().__init__(params, groups, lr, base, target_sparsity=target_sparsity, target_flops=target_flops,
+                         start_step=start_step, lmbda=lmbda, epsilon=epsilon, momentum=momentum, betas=betas, eps=eps,
+                         weight_decay=weight_decay)
         defaults = LAMBDA_DEFAULTS[base]
         self.lmbda_amplify = defaults["lmbda_amplify"] if lmbda_amplify is None else lmbda_amplify
         self.hat_lmbda_coeff = defaults["hat_lmbda_coeff"] if hat_lmbda_coeff is None else hat_lmbda_coeff
-        self.target_sparsity, self.tolerance, self.start_step = target_sparsity, tolerance, start_step
+        self.tolerance = tolerance
         self.redundant: list[torch.Tensor] | None = None  # per bundle, after the partition
 
-    def _update_rows(self, xs, norms, ds, trials, lrs):
+    def update_rows(self, xs, norms, ds, trials, lrs):
         if self.steps <= self.start_step or self.target_sparsity == 0:
             return trials
         if self.redundant is None:
             self.redundant = self._partition(xs, ds)
-        budget = self._budget(self.target_sparsity, norms)
+        budget = self.budget(self.target_sparsity, norms)
         if budget <= 0:  # target reached: zero groups stay zero, the rest take the base step
-            self._project(xs, norms, trials, [torch.zeros(len(x), dtype=torch.bool) for x in xs], 0)
+            self.project(xs, norms, trials, [torch.zeros(len(x), dtype=torch.bool) for x in xs], 0)
             return trials
         candidates = []
         for x, norm, d, trial, lr, redundant in zip(xs, norms, ds, trials, lrs, self.redundant):
@@ -606,7 +654,7 @@ class DHSPG(_GroupSparse):
             lambdas = adapted_lambdas(x[pulled], d[pulled], self.lmbda, self.lmbda_amplify, self.hat_lmbda_coeff)
             trial[pulled] -= lr * lambdas[:, None] * x[pulled] / norm[pulled][:, None]
             candidates.append(pulled & in_half_space(trial, x, self.epsilon))
-        self._project(xs, norms, trials, candidates, budget)
+        self.project(xs, norms, trials, candidates, budget)
         return trials
 
     def _partition(self, xs, ds) -> list[torch.Tensor]:
@@ -630,6 +678,38 @@ class DHSPG(_GroupSparse):
                 room[number] -= 1
                 wanted -= 1
         return redundant
+
+
+OPTIMIZERS: dict[str, type[GroupSparseOptimizer]] = {"dhspg": DHSPG, "hspg": HSPG}
+"""The prune-while-training optimizers by name (`spa train --optimizer NAME`)."""
+
+
+def register_optimizer(name: str | None = None, replace: bool = False):
+    """Register a GroupSparseOptimizer subclass under `name` (default: its `name`), as a class
+    decorator; `spa.train.train(optimizer=NAME)` then finds it. ValueError for a name taken,
+    unless `replace`."""
+    def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, GroupSparseOptimizer)):
+            raise TypeError("an optimizer must be a subclass of spa.train.GroupSparseOptimizer")
+        key = name or cls.name
+        if key in OPTIMIZERS and OPTIMIZERS[key] is not cls and not replace:
+            raise ValueError(f"an optimizer named '{key}' is registered already (pass replace=True to replace it)")
+        OPTIMIZERS[key] = cls
+        return cls
+
+    return add
+
+
+def get_optimizer(optimizer) -> tuple[str, type[GroupSparseOptimizer]]:
+    """(name, class) of an optimizer given by name (OPTIMIZERS) or as a GroupSparseOptimizer subclass."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise SpaError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+        return optimizer, OPTIMIZERS[optimizer]
+    if isinstance(optimizer, type) and issubclass(optimizer, GroupSparseOptimizer):
+        return (optimizer.name if optimizer.name != GroupSparseOptimizer.name else optimizer.__name__.lower()), optimizer
+    raise SpaError(f"an optimizer is a name ({', '.join(OPTIMIZERS)}) or a subclass of "
+                   f"spa.train.GroupSparseOptimizer; got {optimizer!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,12 +879,17 @@ class TrainReport:
         return asdict(self)
 
 
-def train(model, data, val=None, loss: str = "ce", optimizer: str = "dhspg", target_sparsity: float = 0.5,
+def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhspg", target_sparsity: float = 0.5,
           epochs: int = 10, lr: float | None = None, batch: int = 64, base: str = "sgd", weight_decay: float = 0.0,
           start_pruning: float = 0.1, lmbda: float | None = None, epsilon: float = 0.95, seed: int = 0,
-          untie_shared: bool = True, log: Callable[[str], None] | None = print) -> tuple[onnx.ModelProto, TrainReport]:
+          untie_shared: bool = True, log: Callable[[str], None] | None = print,
+          target_flops: float | None = None) -> tuple[onnx.ModelProto, TrainReport]:
     """Train an ONNX model (path or ModelProto) with HSPG or DHSPG, write the weights back and
     remove the channels that trained to zero. Returns (pruned ModelProto, TrainReport).
+
+    optimizer: a name in OPTIMIZERS, or a GroupSparseOptimizer subclass (a user's own), built
+    with the same arguments as the built-in ones. target_flops is passed to it (the built-in
+    optimizers refuse it: not implemented).
 
     data, val: .npz paths or mappings with one array per graph input (by name) and `labels`
     (class ids for loss='ce', arrays of the output's shape for 'mse'); the loss is taken on the
@@ -812,7 +897,9 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str = "dhspg", tar
     or the half-space steps (HSPG). For HSPG, target_sparsity caps the sparsity and lmbda sets
     how hard groups are pushed to zero. Other settings: see DHSPG, HSPG and fit.
     """
-    _check_settings(loss, optimizer, base, target_sparsity, epochs, lr, batch, start_pruning)
+    _check_settings(loss, base, target_sparsity, epochs, lr, batch, start_pruning)
+    name, optimizer_class = get_optimizer(optimizer)
+    optimizer_class.check_targets(target_sparsity, target_flops)
     begin = time.perf_counter()
     source = model if isinstance(model, onnx.ModelProto) else load_model(model)[0]
     train_data = load_data(data, source, loss)
@@ -823,12 +910,10 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str = "dhspg", tar
     start_step = int(start_pruning * steps)
     settings = dict(lr=TRAIN_LR[base] if lr is None else lr, base=base, epsilon=epsilon, start_step=start_step,
                     lmbda=TRAIN_LMBDA[base] if lmbda is None else lmbda, weight_decay=weight_decay)
-    if optimizer == "dhspg":
-        opt = DHSPG(job.module.parameters(), job.groups, target_sparsity=target_sparsity, **settings)
-    else:
-        opt = HSPG(job.module.parameters(), job.groups, max_sparsity=target_sparsity, **settings)
+    opt = optimizer_class(job.module.parameters(), job.groups, target_sparsity=target_sparsity,
+                          **({"target_flops": target_flops} if target_flops is not None else {}), **settings)
     if log:
-        log(f"{optimizer.upper()} ({base}) on {len(job.units)} zero-invariant groups from "
+        log(f"{name.upper()} ({base}) on {len(job.units)} zero-invariant groups from "
             f"{len(job.analysis.groups) - len(job.skipped)} SPA groups ({len(job.skipped)} left whole), "
             f"target group sparsity {target_sparsity}, pruning from step {start_step} of {steps}")
     torch.manual_seed(seed)
@@ -838,7 +923,7 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str = "dhspg", tar
     result = job.prune(feeds)
     prune_report = result.report
     report = TrainReport(
-        optimizer=optimizer, base=base, target_sparsity=target_sparsity, group_sparsity=opt.group_sparsity,
+        optimizer=name, base=base, target_sparsity=target_sparsity, group_sparsity=opt.group_sparsity,
         groups=opt.total_groups, zero_groups=opt.zero_groups(), groups_skipped=len(job.skipped),
         params_before=prune_report.params_before, params_after=prune_report.params_after,
         flops_before=prune_report.flops_before, flops_after=prune_report.flops_after,
@@ -850,11 +935,9 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str = "dhspg", tar
     return result.model, report
 
 
-def _check_settings(loss, optimizer, base, target_sparsity, epochs, lr, batch, start_pruning) -> None:
+def _check_settings(loss, base, target_sparsity, epochs, lr, batch, start_pruning) -> None:
     if loss not in LOSSES:
         raise SpaError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
-    if optimizer not in OPTIMIZERS:
-        raise SpaError(f"unknown optimizer '{optimizer}' (choose from {', '.join(OPTIMIZERS)})")
     if base not in BASES:
         raise SpaError(f"unknown base optimizer '{base}' (choose from {', '.join(BASES)})")
     if not 0 <= target_sparsity < 1 or math.isnan(target_sparsity):

@@ -180,6 +180,7 @@ def test_a_group_whose_rewrite_fails_is_blocked_and_the_rest_prune(tmp_path, mon
     newly = [b for b in report.blocked if b["group"] not in {g.id for g in analysis.blocked}]
     assert [b["group"] for b in newly] == [group]
     assert "cannot be rewritten" in newly[0]["reasons"][0] and "a test failure" in newly[0]["reasons"][0]
+    assert newly[0]["codes"] == ["rewrite_failed"]
     assert report.groups_pruned == 2
     assert max_relative_error(path, pruned, report.removed) < 1e-5
 
@@ -204,6 +205,7 @@ def test_a_group_that_breaks_the_final_check_is_blocked_and_the_rest_prune(tmp_p
     newly = [b for b in report.blocked if b["group"] not in {g.id for g in analysis.blocked}]
     assert [b["group"] for b in newly] == [_group_through(analysis, victim)]
     assert "breaks the pruned model (a test failure)" in newly[0]["reasons"][0]
+    assert newly[0]["codes"] == ["breaks_model"]
     assert report.groups_pruned == 2
     assert max_relative_error(path, pruned, report.removed) < 1e-5
 

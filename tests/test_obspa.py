@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import spa
 from spa import obspa, synthetic
-from spa.activations import Network
+from spa.activations import Network, RuntimeNetwork
 from spa.api import apply
 from spa.errors import SpaError
 from spa.runtime import random_inputs, run
@@ -204,6 +204,38 @@ def test_streaming_in_chunks_bounds_memory_and_changes_nothing(exports):
         assert chunked.store.peak <= largest
     for g in expected:
         np.testing.assert_allclose(got[g], expected[g], rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("batch_statistics", [False, True])
+def test_onnxruntime_streams_what_the_torch_copy_computes(exports, batch_statistics):
+    """The activations OBSPA reads come from onnxruntime; torch's copy of the model agrees."""
+    graph = spa.Graph.load(exports.get("resnet_basic", "dynamo", training=True))
+    tensors = [n.input[0] for n in graph.nodes if n.op_type == "Conv"][1:4] + [graph.nodes[-1].output[0]]
+    batches = [random_inputs(graph.model, batch=4, seed=s) for s in range(2)]
+    seen = {}
+    for network in (RuntimeNetwork(graph, "cpu"), Network(graph, "cpu")):
+        got = []
+        network.stream(tensors, batches, lambda name, value: got.append((name, value.cpu().numpy())), batch_statistics)
+        seen[type(network).__name__] = sorted(got, key=lambda item: item[0])
+    assert [n for n, _ in seen["RuntimeNetwork"]] == [n for n, _ in seen["Network"]]
+    for (_, a), (_, b) in zip(seen["RuntimeNetwork"], seen["Network"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_sequential_compensation_solves_on_the_pruned_models_inputs(exports):
+    """A layer after a pruned one is solved on the inputs the pruned model gives it: it differs
+    from the one-shot solution, and the pruned model is no further from the dense one."""
+    path = exports.get("resnet_basic", "dynamo")
+    x = random_inputs(onnx.load(path), batch=32, seed=1)
+    dense = run(path, x)[0]
+    errors, values = {}, {}
+    for sequential in (False, True):
+        model, _ = spa.prune(path, target_flops=0.6, criterion="obspa", round_to=1,
+                             obspa={"data_free": "gaussian", "samples": 64, "sequential": sequential})
+        values[sequential] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        errors[sequential] = float(np.abs(run(model, x)[0] - dense).mean())
+    assert any(not np.array_equal(values[True][n], values[False][n]) for n in values[True])
+    assert errors[True] <= errors[False] * 1.2
 
 
 def test_inversion_makes_inputs_the_model_classifies_as_asked(exports):

@@ -11,6 +11,9 @@ import pytest
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 NEEDS = {"tf": "tensorflow", "jax": "flax"}
+EXTENDING = ["extend_rule", "extend_criterion", "extend_optimizer"]  # "Extending SPA"
+PRINTS = {"torch": "parameters", "tf": "parameters", "jax": "parameters", "extend_rule": "Conv 'c2', prunable",
+          "extend_criterion": "fpgm", "extend_optimizer": "magnitude: group sparsity 0.50"}
 
 
 def snippets() -> dict[str, tuple[str, str]]:
@@ -21,10 +24,10 @@ def snippets() -> dict[str, tuple[str, str]]:
 
 
 def test_every_framework_has_a_snippet():
-    assert {"torch", "tf", "jax", "shell", "to_torch"} <= set(snippets())
+    assert {"torch", "tf", "jax", "shell", "to_torch", *EXTENDING} <= set(snippets())
 
 
-@pytest.mark.parametrize("name", ["torch", "tf", "jax", "shell", "to_torch"])
+@pytest.mark.parametrize("name", ["torch", "tf", "jax", "shell", "to_torch", *EXTENDING])
 def test_snippet_runs(name, tmp_path_factory):
     if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
         pytest.skip(f"the {name} extra is not installed")
@@ -37,5 +40,5 @@ def test_snippet_runs(name, tmp_path_factory):
     command = [sys.executable, "-c", code] if language == "python" else ["bash", "-ec", code]
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    if language == "python" and name != "to_torch":
-        assert "parameters" in result.stdout
+    if name in PRINTS:
+        assert PRINTS[name] in result.stdout, result.stdout[-2000:]

@@ -60,7 +60,7 @@ def test_counted_cost_equals_the_rewritten_model(exports, name):
 
 def test_local_scope_prunes_every_group_alike(exports):
     path = exports.get("vgg", "dynamo")
-    _, report = spa.prune(path, target_flops=0.5, scope="local")
+    _, report = spa.prune(path, target_flops=0.5, scope="local", round_to=1)
     assert_lands(report, "flops", 0.5)
     shares = [1 - ch["after"] / ch["before"] for ch in report.channels]
     assert max(shares) - min(shares) < 0.2  # one ratio, floored per group (and a few units to land)
@@ -75,16 +75,20 @@ def test_round_to_holds_with_a_target(exports):
 
 
 # ----------------------------------------------------------------------------- steps
-def test_steps_rescore_the_pruned_model(exports, monkeypatch):
+def test_steps_rescore_the_pruned_model(exports):
+    from spa.criteria import CRITERIA, Criterion
+
     path = exports.get("resnet_basic", "dynamo")
     scored_sizes = []
 
-    def recording(analysis, **kw):
-        scored_sizes.append(spa.metrics.count_params(analysis.graph))
-        return score_groups(analysis, **kw)
+    class Recording(Criterion):  # l1, recording the size of each model it scores
+        name = "l1"
 
-    monkeypatch.setattr(spa.api, "score_groups", recording)
-    pruned, report = spa.prune(path, target_flops=0.5, steps=3)
+        def scores(self, analysis, groups, context):
+            scored_sizes.append(spa.metrics.count_params(analysis.graph))
+            return CRITERIA["l1"].scores(analysis, groups, context)
+
+    pruned, report = spa.prune(path, target_flops=0.5, steps=3, criterion=Recording())
     assert len(scored_sizes) == 3 and scored_sizes[0] > scored_sizes[1] > scored_sizes[2]
     assert_lands(report, "flops", 0.5)
 
@@ -109,7 +113,7 @@ def test_steps_choose_differently_and_stay_exact(exports, name, exporter):
 
 def test_steps_with_a_local_ratio_remove_the_ratio_of_the_original(exports):
     path = exports.get("resnet_bottleneck", "dynamo")
-    pruned, report = spa.prune(path, ratio=0.5, steps=2)
+    pruned, report = spa.prune(path, ratio=0.5, steps=2, round_to=1)
     for ch in report.channels:
         assert ch["after"] == ch["before"] - math.floor(0.5 * ch["before"] + 1e-9)
     assert max_relative_error(path, pruned, report.removed) < TOLERANCE
@@ -123,12 +127,12 @@ def test_isomorphic_classes_lose_the_same_share(exports):
     for g in analysis.prunable:
         classes.setdefault(structure(g, analysis.graph), []).append(g)
     assert any(len(members) > 1 for members in classes.values()) and len(classes) > 1
-    pruned, report = spa.prune(path, ratio=0.5, scope="global", isomorphic=True)
+    pruned, report = spa.prune(path, ratio=0.5, scope="global", isomorphic=True, round_to=1)
     removed = {ch["group"]: ch["before"] - ch["after"] for ch in report.channels}
     for members in classes.values():
         total = sum(g.units for g in members)
         assert sum(removed.get(g.id, 0) for g in members) == math.floor(0.5 * total)
-    _, plain = spa.prune(path, ratio=0.5, scope="global")
+    _, plain = spa.prune(path, ratio=0.5, scope="global", round_to=1)
     assert plain.removed != report.removed
     assert max_relative_error(path, pruned, report.removed) < TOLERANCE
 

@@ -231,8 +231,8 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "spa.cli", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("name", PADDLE)
-def test_cli_on_paddle_files(wild, tmp_path, name):
+@pytest.mark.parametrize("name", list(WILD_ZOO))
+def test_cli_on_wild_files(wild, tmp_path, name):
     path = wild.get(name)
     result = cli("analyze", path)
     assert result.returncode == 0, result.stderr

@@ -46,8 +46,8 @@ class Attention(Rule):
             if (tensor, axis) in dims:
                 ties = [same(t, a, view.size(tensor, axis)) for t, a in dims if (t, a) != (tensor, axis)]
                 ties.append(Role("attention"))
-                return ties + ([Summed(f"Attention '{view.name}' sums over the pruned head size")] if summed else [])
-        return [Block(f"Attention '{view.name}' attends over axis {axis} of '{tensor}'")]
+                return ties + ([Summed(f"Attention '{view.name}' sums over the pruned head size", code="sum_over_nonzero")] if summed else [])
+        return [Block(f"Attention '{view.name}' attends over axis {axis} of '{tensor}'", code="mixes_axis")]
 
     def links_3d(self, view: NodeView, tensor: str, axis: int):
         """(B, S, heads * head_size): whole GQA groups of a hidden axis, as bundles."""
@@ -57,9 +57,9 @@ class Attention(Rule):
             dims = [(t, 0) for t in _present(ins, [Q, K, V]) + _present(outs, [Y])]
             return [same(t, a, view.size(tensor, axis)) for t, a in dims if (t, a) != (tensor, axis)]
         if axis != 2 or tensor not in _present(ins, [Q, K, V]) + _present(outs, [Y]) or _present(ins, [PAST_K, PAST_V]):
-            return [Block(f"Attention '{view.name}' attends over axis {axis} of '{tensor}'")]
+            return [Block(f"Attention '{view.name}' attends over axis {axis} of '{tensor}'", code="mixes_axis")]
         per_group = {(t, 2): view.size(t, 2) // kv_heads for t in _present(ins, [Q, K, V]) + _present(outs, [Y])}
-        summed = [Summed(f"Attention '{view.name}' sums over the pruned head size")] if tensor in ins[:2] else []
+        summed = [Summed(f"Attention '{view.name}' sums over the pruned head size", code="sum_over_nonzero")] if tensor in ins[:2] else []
         return whole_group_links(view, per_group, tensor, axis) + summed + [Role("attention")]
 
     def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:

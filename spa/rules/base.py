@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..reasons import OTHER
+
 
 @dataclass
 class Link:
@@ -43,10 +45,12 @@ class Link:
 
 @dataclass
 class Block:
-    """The live dimension (or only its elements `indices`) must not be pruned, for `reason`."""
+    """The live dimension (or only its elements `indices`) must not be pruned, for `reason`;
+    `code` says why in one stable word (spa.reasons.REASON_CODES; "other" when not given)."""
 
     reason: str
     indices: np.ndarray | None = None
+    code: str = OTHER
 
 
 @dataclass
@@ -54,15 +58,17 @@ class Approximate:
     """Pruning the live dimension is allowed, but it changes the result beyond zeroing it."""
 
     reason: str
+    code: str = OTHER
 
 
 @dataclass
 class Summed:
     """The live dimension is summed over here (a contraction or a sum reduction). Removing its
     channels equals zeroing them only if they are zero when their parameters are: otherwise the
-    prune is approximate, with `reason`."""
+    prune is approximate, with `reason` (and `code`)."""
 
     reason: str
+    code: str = OTHER
 
 
 @dataclass
@@ -84,13 +90,19 @@ class Requires:
     axis: int
     others: list[tuple[str, int]]
     reason: str
+    code: str = OTHER
 
 
 Verdict = Link | Block | Approximate | Summed | Role | Requires
 
 
 class Unknown(Exception):
-    """Raised inside a rule when a fact it needs (a static size, a constant) is not known."""
+    """Raised inside a rule when a fact it needs (a static size, a constant) is not known: the
+    live dimension is blocked with the message as its reason, and `code` (spa.reasons)."""
+
+    def __init__(self, message: str, code: str = OTHER):
+        super().__init__(message)
+        self.code = code
 
 
 def same(tensor: str, axis: int, size: int) -> Link:
@@ -151,7 +163,7 @@ class NodeView:
     def shape(self, tensor: str) -> tuple:
         shape = self.graph.shape(tensor)
         if shape is None:
-            raise Unknown(f"the shape of '{tensor}' is unknown")
+            raise Unknown(f"the shape of '{tensor}' is unknown", code="unknown_size")
         return shape
 
     def rank(self, tensor: str) -> int:
@@ -166,7 +178,7 @@ class NodeView:
             return dim
         digit = self.digit_of(tensor, axis)
         if digit is None:
-            raise Unknown(f"axis {axis} of '{tensor}' has no static size")
+            raise Unknown(f"axis {axis} of '{tensor}' has no static size", code="unknown_size")
         return digit[1]
 
     def value(self, tensor: str) -> np.ndarray | None:
@@ -176,7 +188,7 @@ class NodeView:
         """The constant value of an input that the rule needs; Unknown when it is computed at run time."""
         value = self.value(tensor)
         if value is None:
-            raise Unknown(f"{what} of {self.op_type} '{self.name}' is computed at run time")
+            raise Unknown(f"{what} of {self.op_type} '{self.name}' is computed at run time", code="runtime_shape")
         return value
 
     def axes_input_or_attr(self, input_pos: int, attr: str = "axes") -> list[int] | None:
@@ -197,7 +209,36 @@ def normalize_axis(axis: int, rank: int) -> int:
 
 
 class Rule:
-    """Base class: an operator with no ties, no seeds and nothing to rewrite."""
+    """Base class: an operator with no ties, no seeds and nothing to rewrite.
+
+    A rule answers for one operator type (`spa.rules.register`): `links` is asked, for each live
+    dimension (tensor, axis) among the operator's inputs and outputs, which elements of its other
+    dimensions are tied to it; `seeds` names the dimensions where new channels are born (a Conv's
+    output channels); `rewrite` fixes attributes and constant inputs once channels are gone; and
+    `zero_output` says whether an output stays zero at removed channels (for sums downstream).
+
+    A worked example: a custom operator `com.example.ScaledRelu`, y = alpha * relu(x), element by
+    element. Channel c of x is channel c of y, on every axis; nothing to seed, nothing to rewrite,
+    and zero in gives zero out (the default `zero_output`):
+
+        import spa.rules
+        from spa.rules import Block, Rule, same
+
+        @spa.rules.register("ScaledRelu", domain="com.example")
+        class ScaledRelu(Rule):
+            def links(self, view, tensor, axis):
+                x, y = view.inputs[0], view.outputs[0]
+                if tensor not in (x, y):
+                    return []
+                if view.rank(x) != view.rank(y):
+                    return [Block(f"ScaledRelu '{view.name}' changes the rank", code="shapes_disagree")]
+                return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
+
+    Registered before `spa.analyze` or `spa.prune` runs, it unblocks every group that reaches a
+    ScaledRelu node; `spa analyze` names the rule that handled each custom-domain node. A verdict
+    without a `code` gets "other"; Unknown raised from `view.size`, `view.const` ... carries its
+    own code. See the README, *Extending SPA*, for the test with the zeroing oracle.
+    """
 
     def links(self, view: NodeView, tensor: str, axis: int) -> Iterable[Verdict]:
         raise NotImplementedError

@@ -58,7 +58,7 @@ def _check_broadcast(view: NodeView, tensor: str, axis: int, size: int):
     treating the axis as broadcast would silently cut the channels' ties."""
     if view.size(tensor, axis) != 1:
         raise Unknown(f"{view.op_type} '{view.name}' sees sizes that disagree: axis {axis} of '{tensor}' has "
-                      f"{view.size(tensor, axis)} elements where the output has {size}")
+                      f"{view.size(tensor, axis)} elements where the output has {size}", code="shapes_disagree")
 
 
 @register(*BROADCAST)

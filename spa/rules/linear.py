@@ -22,9 +22,9 @@ def letter_links(view: NodeView, operands: list[tuple[str, str]], tensor: str, a
             continue
         letter = letters[axis]
         if letters.count(letter) > 1:
-            return [Block(f"{view.op_type} '{view.name}' takes a diagonal over the axis")]
+            return [Block(f"{view.op_type} '{view.name}' takes a diagonal over the axis", code="mixes_axis")]
         if letter not in operands[-1][1]:
-            verdicts.append(Summed(f"{view.op_type} '{view.name}' sums over the pruned channels"))
+            verdicts.append(Summed(f"{view.op_type} '{view.name}' sums over the pruned channels", code="sum_over_nonzero"))
         if _product_of_activations(view, operands, letter):
             verdicts.append(Role("attention"))
         for other, other_letters in operands:
@@ -35,7 +35,7 @@ def letter_links(view: NodeView, operands: list[tuple[str, str]], tensor: str, a
                     verdicts.append(same(other, a, size))
                 elif view.size(other, a) != 1:  # only a size-1 axis is broadcast
                     raise Unknown(f"{view.op_type} '{view.name}' sees sizes that disagree: axis {a} of '{other}' has "
-                                  f"{view.size(other, a)} elements where axis {axis} of '{tensor}' has {size}")
+                                  f"{view.size(other, a)} elements where axis {axis} of '{tensor}' has {size}", code="shapes_disagree")
     return verdicts
 
 
@@ -167,13 +167,13 @@ class Convolution(Rule):
         if live not in in_dims + out_dims:
             if tensor not in (x, w, y):
                 return []  # a scale or zero point that holds one value for all channels
-            return [Block(f"{view.op_type} '{view.name}' slides over axis {axis} of '{tensor}'")]
+            return [Block(f"{view.op_type} '{view.name}' slides over axis {axis} of '{tensor}'", code="mixes_axis")]
         if groups == 1:
             side = in_dims if live in in_dims else out_dims
-            summed = [Summed(f"{view.op_type} '{view.name}' sums over the pruned channels")] if side is in_dims else []
+            summed = [Summed(f"{view.op_type} '{view.name}' sums over the pruned channels", code="sum_over_nonzero")] if side is in_dims else []
             return [same(n, a, view.size(tensor, axis)) for n, a in side if (n, a) != live] + summed
         if live == (w, 1):
-            return [Block(f"the within-group axis of grouped {view.op_type} '{view.name}' cannot be pruned")]
+            return [Block(f"the within-group axis of grouped {view.op_type} '{view.name}' cannot be pruned", code="grouped_conv")]
         per_group = {d: view.size(*d) // groups for d in in_dims + out_dims if d != (w, 1)}
         return whole_group_links(view, per_group, tensor, axis)
 

@@ -33,7 +33,7 @@ def batch_and_spatial(view: NodeView, tensor: str, axis: int, spatial_ok: bool):
     x, y = view.inputs[0], view.outputs[0]
     if axis == 0 or spatial_ok:
         return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
-    return [Block(f"{view.op_type} '{view.name}' takes statistics over axis {axis}")]
+    return [Block(f"{view.op_type} '{view.name}' takes statistics over axis {axis}", code="reduction_over_channels")]
 
 
 @register("BatchNormalization")
@@ -101,7 +101,7 @@ class LayerNormalization(AffineNormalization):
             dims += [(s, x_axis) for s in stats]
         verdicts = [same(n, a, size) for n, a in dims if (n, a) != (tensor, axis) and view.size(n, a) == size]
         if x_axis >= first:
-            verdicts.append(Approximate(f"{view.op_type} '{view.name}' normalizes over the pruned channels"))
+            verdicts.append(Approximate(f"{view.op_type} '{view.name}' normalizes over the pruned channels", code="normalization_over_channels"))
         return verdicts
 
 
@@ -111,5 +111,5 @@ class LpNormalization(Rule):
         other = view.outputs[0] if tensor == view.inputs[0] else view.inputs[0]
         verdicts = [same(other, axis, view.size(tensor, axis))]
         if axis == normalize_axis(view.attr("axis", -1), view.rank(tensor)):
-            verdicts.append(Summed(f"LpNormalization '{view.name}' takes the norm over the pruned channels"))
+            verdicts.append(Summed(f"LpNormalization '{view.name}' takes the norm over the pruned channels", code="sum_over_nonzero"))
         return verdicts

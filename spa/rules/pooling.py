@@ -28,17 +28,17 @@ class Pool(Rule):
         if axis >= 2:
             if view.op_type.startswith("Global") and tensor == x:
                 return self.on_reduced_axis(view)
-            return [Block(f"{view.op_type} '{view.name}' slides over axis {axis}")]
+            return [Block(f"{view.op_type} '{view.name}' slides over axis {axis}", code="mixes_axis")]
         if axis == 1 and len(view.outputs) > 1 and view.outputs[1]:
-            return [Block(f"the indices output of {view.op_type} '{view.name}' count over channels")]
+            return [Block(f"the indices output of {view.op_type} '{view.name}' count over channels", code="returns_positions")]
         return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
 
     def on_reduced_axis(self, view: NodeView):
         if view.op_type == "GlobalAveragePool":
-            return [Approximate(f"GlobalAveragePool '{view.name}' averages over the pruned channels")]
+            return [Approximate(f"GlobalAveragePool '{view.name}' averages over the pruned channels", code="mean_over_channels")]
         if view.op_type == "GlobalLpPool":
-            return [Summed(f"GlobalLpPool '{view.name}' takes the norm over the pruned channels")]
-        return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis")]
+            return [Summed(f"GlobalLpPool '{view.name}' takes the norm over the pruned channels", code="sum_over_nonzero")]
+        return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis", code="reduction_over_channels")]
 
 
 class Reduction(Rule):
@@ -79,10 +79,10 @@ class Reduce(Reduction):
 
     def on_reduced_axis(self, view: NodeView):
         if view.op_type in REDUCE_EXACT:  # the pruned channels stop contributing: exact if they were zero
-            return [Summed(f"{view.op_type} '{view.name}' sums over the pruned channels")]
+            return [Summed(f"{view.op_type} '{view.name}' sums over the pruned channels", code="sum_over_nonzero")]
         if view.op_type in REDUCE_APPROXIMATE:
-            return [Approximate(f"{view.op_type} '{view.name}' averages over the pruned channels")]
-        return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis")]
+            return [Approximate(f"{view.op_type} '{view.name}' averages over the pruned channels", code="mean_over_channels")]
+        return [Block(f"{view.op_type} '{view.name}' reduces over the pruned axis", code="reduction_over_channels")]
 
 
 @register("ArgMax", "ArgMin")
@@ -91,7 +91,7 @@ class ArgReduce(Reduction):
         return {normalize_axis(view.attr("axis", 0), view.rank(view.inputs[0]))}
 
     def on_reduced_axis(self, view: NodeView):
-        return [Block(f"{view.op_type} '{view.name}' returns positions along the pruned axis")]
+        return [Block(f"{view.op_type} '{view.name}' returns positions along the pruned axis", code="returns_positions")]
 
     def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
         return False
@@ -102,7 +102,7 @@ class Softmax(Rule):
     def links(self, view: NodeView, tensor: str, axis: int):
         x, y = view.inputs[0], view.outputs[0]
         if axis == normalize_axis(view.attr("axis", -1), view.rank(x)):
-            return [Block(f"{view.op_type} '{view.name}' normalizes over the pruned axis")]
+            return [Block(f"{view.op_type} '{view.name}' normalizes over the pruned axis", code="reduction_over_channels")]
         return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
 
     def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
@@ -131,7 +131,7 @@ class Resize(Rule):
         # the sizes seen from either end: the output's size is its `sizes` entry, never a change
         if (scales or {}).get(axis, 1.0) != 1.0 or (sizes or {}).get(axis, size) != size \
                 or view.size(y, axis) != size:
-            return [Block(f"Resize '{view.name}' rescales axis {axis}")]
+            return [Block(f"Resize '{view.name}' rescales axis {axis}", code="mixes_axis")]
         return [same(y if tensor == x else x, axis, size)]
 
     def rewrite(self, view: NodeView, edit):
@@ -166,16 +166,16 @@ class Pad(Rule):
         if begin == end == 0:
             return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
         if begin < 0 or end < 0:
-            return [Block(f"Pad '{view.name}' crops axis {axis}")]
+            return [Block(f"Pad '{view.name}' crops axis {axis}", code="padding")]
         if view.attr("mode", b"constant") not in (b"constant", "constant"):
-            return [Block(f"Pad '{view.name}' pads axis {axis} with copies of its channels")]
+            return [Block(f"Pad '{view.name}' pads axis {axis} with copies of its channels", code="padding")]
         n = view.size(x, axis)
         if tensor == x:
             return [shifted(y, axis, n, begin)]
         # The channels Pad adds cannot be removed without changing the pads: they stay.
         added = np.concatenate([np.arange(begin), np.arange(begin + n, begin + n + end)])
         return [Link(x, axis, np.arange(n) + begin, np.arange(n)),
-                Block(f"Pad '{view.name}' adds these channels", added)]
+                Block(f"Pad '{view.name}' adds these channels", added, code="padding")]
 
     def zero_output(self, view: NodeView, tensor: str, axis: int, tied_inputs) -> bool:
         # A removed channel padded along another axis with a nonzero value is nonzero at the border.

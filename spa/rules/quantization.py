@@ -22,7 +22,7 @@ class QuantizeDequantize(Rule):
         per_axis = [p for p in (scale, zero_point) if p and view.rank(p) == 1 and view.size(p, 0) == size]
         verdicts = [same(y if tensor == x else x, axis, size)]
         if axis == along and view.attr("block_size", 0):
-            verdicts.append(Block(f"{view.op_type} '{view.name}' quantizes axis {axis} in blocks"))
+            verdicts.append(Block(f"{view.op_type} '{view.name}' quantizes axis {axis} in blocks", code="block_quantization"))
         elif axis == along:
             verdicts += [same(p, 0, size) for p in per_axis]
         return verdicts

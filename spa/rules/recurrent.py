@@ -152,11 +152,11 @@ class Recurrent(Rule):
         if live in features:
             other = features[1] if live == features[0] else features[0]
             return [same(*other, view.size(tensor, axis)),
-                    Summed(f"{view.op_type} '{view.name}' sums over the pruned input features")]
+                    Summed(f"{view.op_type} '{view.name}' sums over the pruned input features", code="sum_over_nonzero")]
         batch = self.cell.batch_axes(view)
         if live in batch:
             return [same(n, a, view.size(tensor, axis)) for n, a in batch if (n, a) != live]
-        return [Block(f"{view.op_type} '{view.name}' runs over axis {axis} of '{tensor}' (time or direction)")]
+        return [Block(f"{view.op_type} '{view.name}' runs over axis {axis} of '{tensor}' (time or direction)", code="mixes_axis")]
 
     def hidden_size(self, view: NodeView) -> int:
         """H, read from R's shape (the attribute is optional; when given it must agree)."""

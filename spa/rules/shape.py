@@ -44,7 +44,7 @@ def reshape_segments(a, b) -> list[tuple[list[int], list[int]]]:
     sizes_a = [(i, Product.of(d)) for i, d in enumerate(a)]
     sizes_b = [(i, Product.of(d)) for i, d in enumerate(b)]
     if any(p is None for _, p in sizes_a + sizes_b):
-        raise Unknown("the reshape involves dims of unknown size")
+        raise Unknown("the reshape involves dims of unknown size", code="unknown_size")
     one = Product(1)
     sizes_a = [(i, p) for i, p in sizes_a if p != one]
     sizes_b = [(i, p) for i, p in sizes_b if p != one]
@@ -61,10 +61,10 @@ def reshape_segments(a, b) -> list[tuple[list[int], list[int]]]:
                 run_b.append(sizes_b[j][0])
                 total_b, j = total_b * sizes_b[j][1], j + 1
             else:
-                raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+                raise Unknown("the reshape mixes the pruned axis with dims of unknown size", code="reshape_mixes_axes")
         runs.append((run_a, run_b))
     if i < len(sizes_a) or j < len(sizes_b):
-        raise Unknown("the reshape's input and output sizes disagree")
+        raise Unknown("the reshape's input and output sizes disagree", code="shapes_disagree")
     return runs
 
 
@@ -105,14 +105,14 @@ def reshape_ties(in_shape, out_shape, axis: int, live_is_input: bool, carrier: s
             match = [a for a, s, n in other_tail if (s, n) == (stride, size)]
             if match:
                 return [(match[0], np.arange(size), np.arange(size), None)]
-        raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+        raise Unknown("the reshape mixes the pruned axis with dims of unknown size", code="reshape_mixes_axes")
     if not all(isinstance(other[a], int) for a in other_axes) or not all(isinstance(live[a], int) for a in live_axes):
         # a static axis merged below a symbolic one (heads folded into the batch): a digit of it
         stride = next((s for a, s, n in live_tail or () if a == axis), None)
         if stride is not None and len(other_axes) == 1:
             size = live[axis]
             return [(other_axes[0], np.arange(size), np.arange(size), (stride, size))]
-        raise Unknown("the reshape mixes the pruned axis with dims of unknown size")
+        raise Unknown("the reshape mixes the pruned axis with dims of unknown size", code="reshape_mixes_axes")
     return [(j, src, dst, None) for j, src, dst in
             _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, taken_apart, merged_digits,
                         assembled_digits)]
@@ -234,7 +234,7 @@ def _digit_ties(live, other, live_axes, other_axes, axis, carrier, is_live, take
                       or [k for k in insides if not taken_apart(k[0])] or insides)
         j, s, n = (max if carrier == "outer" else min)(candidates, key=lambda k: k[1])
         return [(j, live_idx, (live_idx * live_stride // s) % n)]
-    raise Unknown("the reshape mixes the pruned axis with others")
+    raise Unknown("the reshape mixes the pruned axis with others", code="reshape_mixes_axes")
 
 
 def shape_sources(graph, name: str) -> list | None:
@@ -330,7 +330,7 @@ def check_shape_entry(view: NodeView, shape_input: int, position: int, identity_
     name = view.input(shape_input)
     sources = shape_sources(view.graph, name)
     if sources is None or position >= len(sources):
-        raise Unknown(f"the shape input of {view.op_type} '{view.name}' is computed at run time")
+        raise Unknown(f"the shape input of {view.op_type} '{view.name}' is computed at run time", code="runtime_shape")
     entry = sources[position]
     x = view.inputs[0]
     follows = entry == ("const", -1) or identity_input_axis is not None and (
@@ -345,8 +345,10 @@ def check_shape_entry(view: NodeView, shape_input: int, position: int, identity_
         list(entry[1]) if entry is not None and entry[0] in ("max", "min") else None)
     if reads and all(p[0] == "dim" for p in reads):
         return [Requires(view.outputs[0], out_axis, [(p[1], p[2]) for p in reads],
-                         f"entry {position} of the shape of {view.op_type} '{view.name}' reads a size pruned apart")]
-    raise Unknown(f"entry {position} of the shape of {view.op_type} '{view.name}' is computed at run time")
+                         f"entry {position} of the shape of {view.op_type} '{view.name}' reads a size pruned apart",
+                         code="runtime_shape")]
+    raise Unknown(f"entry {position} of the shape of {view.op_type} '{view.name}' is computed at run time",
+                  code="runtime_shape")
 
 
 def _rebuildable(entry) -> bool:
@@ -427,7 +429,8 @@ class Reshape(Rule):
         """A 0 in the shape copies the input's size at that position: it must land on the tied axis."""
         sources = shape_sources(view.graph, view.input(1)) or []
         if axis < len(sources) and sources[axis] == ("const", 0) and axis not in tied_out_axes:
-            return [Block(f"Reshape '{view.name}' copies the size of the pruned axis to another axis")]
+            return [Block(f"Reshape '{view.name}' copies the size of the pruned axis to another axis",
+                          code="reshape_mixes_axes")]
         return []
 
     def rewrite(self, view: NodeView, edit):
@@ -478,7 +481,7 @@ class Split(Rule):
             return [same(n, axis, size) for n in [x] + outputs if n and n != tensor]
         sizes = [view.size(o, cut) if o else None for o in outputs]
         if None in sizes:
-            raise Unknown(f"Split '{view.name}' has an unused output, so its sizes are unknown")
+            raise Unknown(f"Split '{view.name}' has an unused output, so its sizes are unknown", code="unknown_size")
         starts = np.cumsum([0] + sizes)
         if tensor == x:
             return [Link(o, cut, starts[j] + np.arange(s), np.arange(s)) for j, (o, s) in enumerate(zip(outputs, sizes))]
@@ -530,10 +533,10 @@ class Slice(Rule):
             return [same(y if tensor == x else x, axis, view.size(tensor, axis))]
         _, start, end, step = cut
         if step != 1:
-            return [Block(f"Slice '{view.name}' takes every {step}th element of axis {axis}")]
+            return [Block(f"Slice '{view.name}' takes every {step}th element of axis {axis}", code="strided_slice")]
         if not isinstance(view.shape(x)[axis], int) and (start, end) != (0, view.size(x, axis)):
             # a digit of a symbolic axis (heads merged into the batch): a cut there is not a cut of the digit
-            return [Block(f"Slice '{view.name}' cuts axis {axis} of symbolic size")]
+            return [Block(f"Slice '{view.name}' cuts axis {axis} of symbolic size", code="unknown_size")]
         if tensor == x:
             return [Link(y, axis, start + np.arange(end - start), np.arange(end - start))]
         return [shifted(x, axis, end - start, start)]
@@ -623,7 +626,7 @@ class Gather(Rule):
         data_axis = axis if tensor == data else self.data_axis(axis, along, idx_rank)
         if data_axis is None:  # an output axis that runs over the indices
             if idx_rank != 1:
-                return [Block(f"Gather '{view.name}' indexes with a {idx_rank}-D tensor")]
+                return [Block(f"Gather '{view.name}' indexes with a {idx_rank}-D tensor", code="indexing")]
             picked = self.picked(view, along)
             return [Link(data, along, np.arange(len(picked)), picked)]
         if data_axis != along:
@@ -632,9 +635,9 @@ class Gather(Rule):
             return [same(other, other_axis, view.size(tensor, axis))]
         picked = self.picked(view, along)
         if idx_rank == 0:
-            return [Block(f"Gather '{view.name}' selects channel {int(picked[0])} alone", picked)]
+            return [Block(f"Gather '{view.name}' selects channel {int(picked[0])} alone", picked, code="indexing")]
         if idx_rank != 1:
-            return [Block(f"Gather '{view.name}' indexes with a {idx_rank}-D tensor")]
+            return [Block(f"Gather '{view.name}' indexes with a {idx_rank}-D tensor", code="indexing")]
         return [Link(y, along, picked, np.arange(len(picked)))]
 
     @staticmethod
@@ -680,7 +683,7 @@ class BlockRearrangement(Rule):
         if axis == 0:
             return [same(y if tensor == x else x, 0, view.size(tensor, 0))]
         if axis != 1:
-            return [Block(f"{view.op_type} '{view.name}' moves data across axis {axis}")]
+            return [Block(f"{view.op_type} '{view.name}' moves data across axis {axis}", code="mixes_axis")]
         deep, shallow = (x, y) if view.op_type == "DepthToSpace" else (y, x)
         deep_idx = np.arange(view.size(deep, 1))
         shallow_idx = self.deep_to_shallow(view, len(deep_idx))
@@ -721,7 +724,8 @@ class Shape(Rule):
 
     def links(self, view: NodeView, tensor: str, axis: int):
         graph, read = view.graph, ("dim", tensor, axis)
-        blocked = [Block(f"the size of axis {axis} of '{tensor}' is read at run time by Shape '{view.name}'")]
+        blocked = [Block(f"the size of axis {axis} of '{tensor}' is read at run time by Shape '{view.name}'",
+                         code="runtime_shape")]
         verdicts, pending, seen = [], [view.outputs[0]], set()
         while pending:
             name = pending.pop()
@@ -750,7 +754,7 @@ class Shape(Rule):
                         verdicts.append(Requires(out, p + shift, [(tensor, axis)],
                                                  f"the size of axis {axis} of '{tensor}' is read at run time by Shape "
                                                  f"'{view.name}' for {node.op_type} '{graph.node_name(index)}', "
-                                                 "which does not prune along"))
+                                                 "which does not prune along", code="runtime_shape"))
         return verdicts
 
     def follows_itself(self, view: NodeView, node, entry, position: int, tensor: str, axis: int) -> bool:
