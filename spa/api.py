@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from .calib import load_calibration
-from .conform import default_opset, restore
+from .conform import check_opset, default_opset, restore
 from .criteria import DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION, Criterion, ScoringContext, get_criterion
 from .errors import SpaError
 from .graph import Graph
@@ -116,6 +116,7 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
         raise SpaError(f"--criterion {crit.name} prunes in one step: it rewrites the weights it keeps")
     crit.check(ScoringContext(aggregate=aggregate, normalize=normalize))
     _count(batch_size, "--calib-batch")
+    check_opset(opset)
     own_ratios = _own_ratios(head_ratio, hidden_ratio)
     graph = Graph.load(model)
     shapes, shape_note = choose_shapes(graph.model, input_shapes)

@@ -28,7 +28,6 @@ from .errors import SpaError
 
 ANALYZED_OPSET = 13  # the oldest opset the rules read: opsets below are converted up to it
 OLDEST_OPSET, NEWEST_OPSET = 7, 23
-_MIN_IR = 7  # the IR version opset 13 needs
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # An input at the analyzed opset that was an attribute of another name at an older one.
 _ATTRIBUTE_OF_INPUT = {("Pad", "constant_value"): "value", ("TopK", "K"): "k"}
@@ -86,7 +85,7 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     except Exception as e:  # the converter raises RuntimeError or its own assertion texts
         raise SpaError(f"cannot convert the model from opset {default_opset(model)} to {opset}: "
                        f"{str(e).strip().splitlines()[-1][:200]}") from None
-    converted.ir_version = max(model.ir_version, _MIN_IR)
+    converted.ir_version = max(model.ir_version, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
     # The converter writes the shapes its inference found over the model's declarations (a size it
     # took from one run of an exporter's trace); the model's own declarations stay.
     for declarations in ("input", "output", "value_info"):
@@ -95,6 +94,12 @@ def upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         field_.extend(getattr(model.graph, declarations))
     _set_imports(converted, opset, others)
     return converted
+
+
+def check_opset(opset: int | None):
+    """SpaError unless `opset` (asked for the written model) is one SPA can write."""
+    if opset is not None and (isinstance(opset, bool) or not OLDEST_OPSET <= opset <= NEWEST_OPSET):
+        raise SpaError(f"--opset {opset}: SPA writes opsets {OLDEST_OPSET} to {NEWEST_OPSET}")
 
 
 def restore(model: onnx.ModelProto, origin: Origin, opset: int | None = None,

@@ -1,6 +1,11 @@
 """OBSPA: a structured Optimal Brain Surgeon on SPA's channel groups, with no fine-tuning and,
 by default, no data.
 
+The package: `layers` (which weights are layers, and their features), `hessians` (a layer's
+inputs as rows of features and their moments, kept within a memory budget), `surgery` (costs,
+the greedy order, the closed-form compensation); here, `Obspa`, which streams the inputs and
+puts the pieces together.
+
 Layers. A *layer* is a weight that multiplies a group's channels on its input side: a Conv with
 group=1 (the weight's axis 1; 1-D and 2-D), a Gemm (axis 0, or 1 with transB; alpha honoured), a
 MatMul with a constant 2-D right operand (axis 0, or axis 1 behind a Transpose). A weight read by
@@ -61,27 +66,22 @@ batchnorm and 0.365 for gaussian).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
-import onnx
 import torch
-import torch.nn.functional as F
-from onnx import helper
 from tqdm import tqdm
 
-from . import synthetic
-from .activations import Network, RuntimeNetwork, default_device
-from .calib import load_calibration
-from .errors import SpaError
-from .graph import Graph
-from .groups import Analysis, Group
-from .metrics import count_flops
+from .. import synthetic
+from ..activations import Network, RuntimeNetwork, default_device
+from ..calib import load_calibration
+from ..errors import SpaError
+from ..groups import Analysis, Group
+from ..metrics import count_flops
+from .hessians import HessianStore, Moments, row_chunks
+from .layers import Layer, attr, find_layers
+from .surgery import Surgeon, compensated, damped_inverse, greedy_scores
 
 # How inputs are made without data (spa.synthetic). "auto": "inversion" (+"batchnorm" where the
 # model has BatchNorm layers) for a classifier when it fits INVERSION_BUDGET, else "batchnorm"
@@ -95,370 +95,8 @@ DEFAULT_DAMP = 0.01
 DEFAULT_SAMPLES = 128
 DEFAULT_BATCH = 32
 DEFAULT_MEMORY = 1 << 30  # bytes of Hessians held in memory at once (at least the largest one)
-_ROW_CHUNK = 1 << 23  # elements of unfolded input turned into a Hessian update at a time
 
 
-# ------------------------------------------------------------------------------------ layers
-@dataclass
-class Layer:
-    """A weight whose input axis runs over pruned channels, and the operators that read it."""
-
-    weight: str
-    nodes: list[int]
-    in_axis: int
-    out_axis: int
-    kernel: int  # features per input index: kh*kw for a Conv, 1 otherwise
-    alpha: float = 1.0  # the operator multiplies by alpha * W (Gemm)
-    bias: tuple[str, float] | None = None  # parameter p that absorbs a shift d of the outputs: p += factor * d
-    units: dict[int, list[np.ndarray]] = field(default_factory=dict)  # group id -> per unit, its features
-
-    def matrix(self, value: np.ndarray) -> np.ndarray:
-        """The weight as the operator applies it: outputs x features."""
-        moved = np.moveaxis(value, (self.out_axis, self.in_axis), (0, 1))
-        return moved.reshape(moved.shape[0], -1).astype(np.float64) * self.alpha
-
-    def from_matrix(self, matrix: np.ndarray, original: np.ndarray) -> np.ndarray:
-        moved_shape = np.moveaxis(original, (self.out_axis, self.in_axis), (0, 1)).shape
-        moved = (matrix / self.alpha).reshape(moved_shape)
-        return np.moveaxis(moved, (0, 1), (self.out_axis, self.in_axis)).astype(original.dtype)
-
-    def features(self, indices: np.ndarray) -> np.ndarray:
-        """The matrix columns of the given indices along the weight's input axis."""
-        return (np.asarray(indices)[:, None] * self.kernel + np.arange(self.kernel)).ravel()
-
-    def size(self, graph: Graph) -> int:
-        """Rows (and columns) of the layer's Hessian."""
-        return graph.value(self.weight).shape[self.in_axis] * self.kernel + (self.bias is not None)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _uses(graph: Graph, weight: str) -> list[tuple[int, int, int, float]] | None:
-    """(node, in_axis, out_axis, alpha) for every operator that multiplies its run-time input by
-    `weight`; None if some use is of another kind (the weight cannot be compensated alone)."""
-    uses = []
-    rank = len(graph.value(weight).shape)
-    for i in graph.tensors[weight].consumers:
-        node = graph.nodes[i]
-        runtime_input = not graph.is_constant_derived(node.input[0])
-        if node.op_type == "Transpose" and rank == 2 and list(_attr(node, "perm", [1, 0])) == [1, 0]:
-            readers = graph.tensors[node.output[0]].consumers
-            if not all(graph.nodes[j].op_type == "MatMul" and list(graph.nodes[j].input).index(node.output[0]) == 1
-                       and not graph.is_constant_derived(graph.nodes[j].input[0]) for j in readers):
-                return None
-            uses += [(j, 1, 0, 1.0) for j in readers]
-        elif list(node.input).index(weight) != 1 or not runtime_input:
-            return None
-        elif node.op_type == "Conv" and _attr(node, "group", 1) == 1 and 3 <= rank <= 4:
-            uses.append((i, 1, 0, 1.0))
-        elif node.op_type == "Gemm" and not _attr(node, "transA", 0):
-            transposed = _attr(node, "transB", 0)
-            uses.append((i, 1 if transposed else 0, 0 if transposed else 1, float(_attr(node, "alpha", 1.0))))
-        elif node.op_type == "MatMul" and rank == 2:
-            uses.append((i, 0, 1, 1.0))
-        else:
-            return None
-    return uses or None
-
-
-def _bias(graph: Graph, node_index: int, outputs: int) -> tuple[str, float] | None:
-    """Where a constant shift of the operator's outputs can go: its own bias, the running mean of
-    the BatchNormalization that reads it, or the constant of the Add that reads it."""
-    node = graph.nodes[node_index]
-
-    def private(name):  # a parameter only this operator reads
-        return name and graph.is_param(name) and len(graph.tensors[name].consumers) == 1
-
-    if node.op_type == "Conv" and len(node.input) > 2 and private(node.input[2]):
-        return node.input[2], 1.0
-    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-        c = node.input[2]
-        shape = graph.value(c).shape if graph.is_param(c) else None
-        if private(c) and shape is not None and int(np.prod(shape)) == outputs and shape[-1] == outputs:
-            return c, 1.0 / float(_attr(node, "beta", 1.0))
-        return None
-    readers = graph.tensors[node.output[0]].consumers
-    if len(readers) != 1 or node.output[0] in graph.outputs:
-        return None
-    reader = graph.nodes[readers[0]]
-    if reader.op_type == "BatchNormalization" and reader.input[0] == node.output[0] and private(reader.input[3]):
-        return reader.input[3], -1.0  # BN(y + d) with running mean m equals BN(y) with mean m - d
-    if reader.op_type == "Add":
-        other = [n for n in reader.input if n != node.output[0]]
-        if len(other) == 1 and private(other[0]):
-            shape = graph.value(other[0]).shape
-            out_rank = len(graph.shape(node.output[0]) or ())
-            channel_axis = 1 if node.op_type == "Conv" else out_rank - 1
-            padded = (1,) * (out_rank - len(shape)) + tuple(shape)
-            expected = tuple(outputs if a == channel_axis else 1 for a in range(out_rank))
-            if len(shape) <= out_rank and padded == expected:
-                return other[0], 1.0
-    return None
-
-
-def find_layers(analysis: Analysis, groups: list[Group]) -> list[Layer]:
-    """Every layer that multiplies the channels of the given groups, in topological order, with
-    each group's units mapped to the layer's features."""
-    graph = analysis.graph
-    layers: dict[str, Layer | None] = {}
-    for group in groups:
-        for member in group.params:
-            if member.tensor not in layers:
-                layers[member.tensor] = _layer(graph, member.tensor)
-            layer = layers[member.tensor]
-            if layer is not None and member.axis == layer.in_axis:
-                layer.units[group.id] = [layer.features(member.unit(u)) for u in range(group.units)]
-    position = {node: i for i, node in enumerate(graph.topological_order())}
-    found = [layer for layer in layers.values() if layer is not None and layer.units]
-    return sorted(found, key=lambda layer: min(position[n] for n in layer.nodes))
-
-
-def _layer(graph: Graph, weight: str) -> Layer | None:
-    value = graph.value(weight)
-    if value is None or not np.issubdtype(value.dtype, np.floating):
-        return None
-    uses = _uses(graph, weight)
-    if uses is None or len({u[1:] for u in uses}) != 1:
-        return None
-    _, in_axis, out_axis, alpha = uses[0]
-    kernel = int(np.prod(value.shape[2:])) if graph.nodes[uses[0][0]].op_type == "Conv" else 1
-    nodes = [u[0] for u in uses]
-    if any(not graph.shape(graph.nodes[n].input[0]) for n in nodes):
-        return None
-    bias = _bias(graph, nodes[0], value.shape[out_axis]) if len(nodes) == 1 else None
-    return Layer(weight, nodes, in_axis, out_axis, kernel, alpha, bias)
-
-
-# ------------------------------------------------------------------------------------ inputs as rows
-def _conv_pads(node: onnx.NodeProto, spatial: tuple, kernel: tuple, strides: list, dilations: list) -> list[int]:
-    """ONNX pads (all begins, then all ends) with auto_pad resolved."""
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    n = len(kernel)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else large)
-            ends.append(large if auto_pad == "SAME_UPPER" else small)
-        return begins + ends
-    if auto_pad == "VALID":
-        return [0] * (2 * n)
-    return list(_attr(node, "pads", [0] * (2 * n)))
-
-
-def _unfold(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple) -> torch.Tensor:
-    """A Conv's input as rows of (channel, kernel position) features, one row per output position."""
-    n = len(kernel)
-    strides = list(_attr(node, "strides", [1] * n))
-    dilations = list(_attr(node, "dilations", [1] * n))
-    pads = _conv_pads(node, tuple(x.shape[2:]), kernel, strides, dilations)
-    if n == 1:  # a 1-D Conv is a 2-D one over a height of 1
-        x, kernel, pads = x.unsqueeze(2), (1, *kernel), [0, pads[0], 0, pads[1]]
-        strides, dilations = [1, *strides], [1, *dilations]
-    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-    columns = F.unfold(x, tuple(kernel), dilation=tuple(dilations), stride=tuple(strides))  # N, C*K, L
-    return columns.transpose(1, 2).reshape(-1, columns.shape[1])
-
-
-def _row_chunks(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple):
-    """The operator's input as rows of features, a bounded number of elements at a time."""
-    if node.op_type == "Gemm":
-        yield x
-        return
-    if node.op_type == "MatMul":
-        rows = x.reshape(-1, x.shape[-1])
-        step = max(1, _ROW_CHUNK // max(rows.shape[1], 1))
-        yield from rows.split(step)
-        return
-    per_sample = int(np.prod(x.shape[1:])) * int(np.prod(kernel))  # about the unfolded size of one sample
-    for part in x.split(max(1, _ROW_CHUNK // max(per_sample, 1))):
-        yield _unfold(node, part, kernel)
-
-
-class _Moments:
-    """Running sums of x x^T and of x over one layer's input rows."""
-
-    def __init__(self, features: int, bias: bool, device: torch.device):
-        self.xx = torch.zeros(features, features, dtype=torch.float64, device=device)
-        self.x = torch.zeros(features, dtype=torch.float64, device=device)
-        self.rows = 0
-        self.bias = bias
-
-    def add(self, rows: torch.Tensor):
-        # float32 products (2-3x faster on a CPU) summed in float64; float64 throughout on a GPU
-        rows = rows.double() if rows.is_cuda else rows.float()
-        self.xx += (rows.T @ rows).double()
-        self.x += rows.sum(0, dtype=torch.float64)
-        self.rows += rows.shape[0]
-
-    def hessian(self) -> np.ndarray:
-        """E[x x^T], with the bias's constant input as the last feature when there is one."""
-        rows = max(self.rows, 1)
-        h = (self.xx / rows).cpu().numpy()
-        if not self.bias:
-            return h
-        mean = (self.x / rows).cpu().numpy()
-        return np.block([[h, mean[:, None]], [mean[None, :], np.ones((1, 1))]])
-
-    @property
-    def nbytes(self) -> int:
-        return self.xx.numel() * 8
-
-
-class HessianStore:
-    """Each layer's damped inverse Hessian, once its Hessian is complete: in memory when all of
-    them fit the budget, otherwise on disk (read back one at a time). `peak` is the most bytes of
-    Hessians held in memory at once, counting those being accumulated."""
-
-    def __init__(self, budget: int, total: int):
-        self.on_disk = total > budget
-        self.directory = tempfile.mkdtemp(prefix="spa-obspa-") if self.on_disk else None
-        self.memory: dict[str, np.ndarray] = {}
-        self.files: dict[str, str] = {}
-        self.held = 0
-        self.peak = 0
-
-    def hold(self, nbytes: int):
-        self.held += nbytes
-        self.peak = max(self.peak, self.held)
-
-    def put(self, name: str, matrix: np.ndarray):
-        if self.on_disk:
-            self.files[name] = os.path.join(self.directory, f"{len(self.files)}.npy")
-            np.save(self.files[name], matrix)
-        else:
-            self.memory[name] = matrix
-            self.hold(matrix.nbytes)
-
-    def get(self, name: str) -> np.ndarray:
-        return np.load(self.files[name]) if self.on_disk else self.memory[name]
-
-    def close(self):
-        self.memory.clear()
-        if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------ surgery
-def _inverse(hessian: torch.Tensor, damp: float, features: int) -> torch.Tensor:
-    """(H + lambda I)^-1 over the channel features (not the bias), lambda = damp x mean of diag H;
-    more dampening if H is still not positive definite (dead or duplicated inputs)."""
-    diagonal = hessian.diagonal()[:features]
-    lam = damp * float(diagonal.mean()) if features and float(diagonal.mean()) > 0 else 1e-8
-    damped = hessian.clone()
-    for _ in range(8):
-        damped.diagonal()[:features] += lam
-        factor, info = torch.linalg.cholesky_ex(damped)
-        if int(info) == 0:
-            return torch.cholesky_inverse(factor)
-        lam *= 10
-    raise SpaError("OBSPA: a layer's Hessian is not positive definite even with strong dampening")
-
-
-class _Surgeon:
-    """One layer's weight matrix and inverse Hessian while one group's channels leave it (OBS
-    removal with compensation). Columns that are gone are cut out now and then."""
-
-    def __init__(self, weight: torch.Tensor, inverse: torch.Tensor, energy: float, units: list[np.ndarray]):
-        self.energy = energy
-        self.inverse = inverse.clone()
-        self.weight = weight.clone()
-        device = weight.device
-        self.position = torch.arange(inverse.shape[0], device=device)  # original feature -> current column
-        self.alive = torch.ones(inverse.shape[0], dtype=torch.bool, device=device)
-        self.units = [torch.as_tensor(u, device=device) for u in units]
-        self.classes = []  # units with the same number of features, scored together
-        for size in sorted({len(u) for u in units}):
-            ids = [i for i, u in enumerate(units) if len(u) == size]
-            self.classes.append((torch.as_tensor(ids, device=device),
-                                 torch.as_tensor(np.stack([units[i] for i in ids]), device=device)))
-
-    def costs(self, remaining: torch.Tensor) -> torch.Tensor:
-        """Per unit: the relative output error its removal adds now (inf for removed units)."""
-        costs = torch.full((len(self.units),), math.inf, dtype=torch.float64, device=remaining.device)
-        for ids, features in self.classes:
-            keep = remaining[ids]
-            ids, columns = ids[keep], self.position[features[keep]]
-            if len(ids) == 0:
-                continue
-            if columns.shape[1] == 1:
-                column = columns[:, 0]
-                costs[ids] = (self.weight[:, column] ** 2).sum(0) / self.inverse[column, column]
-            else:
-                # tr(((H^-1)[B,B])^-1 W[:,B]^T W[:,B]); batched small inverses are far faster than solves
-                block_inverse, _ = torch.linalg.inv_ex(self.inverse[columns[:, :, None], columns[:, None, :]])
-                w = self.weight[:, columns]  # output, unit, feature
-                costs[ids] = (block_inverse * torch.einsum("oub,ouc->ubc", w, w)).sum((1, 2))
-        return costs / self.energy
-
-    def remove(self, units: list[int]):
-        """Take the units out together: W -= W[:,M] ((H^-1)[M,M])^-1 (H^-1)[M,:], and the same
-        downdate of H^-1, which leaves the inverse Hessian of the remaining features."""
-        columns = self.position[torch.cat([self.units[u] for u in units])]
-        step = torch.linalg.solve(self.inverse[columns][:, columns], self.inverse[columns, :])
-        self.weight.addmm_(self.weight[:, columns], step, alpha=-1)
-        self.inverse.addmm_(self.inverse[:, columns], step, alpha=-1)
-        self.weight[:, columns] = 0
-        self.inverse[columns, :] = 0
-        self.inverse[:, columns] = 0
-        self.alive[columns] = False
-        if (~self.alive).sum() * 4 > len(self.alive):
-            self._compact()
-
-    def _compact(self):
-        kept = self.alive.nonzero().squeeze(1)
-        new_column = torch.full_like(self.alive, -1, dtype=torch.long)
-        new_column[kept] = torch.arange(len(kept), device=kept.device)
-        self.weight = self.weight[:, kept].contiguous()
-        self.inverse = self.inverse[kept][:, kept].contiguous()
-        self.position = torch.where(self.position >= 0, new_column[self.position.clamp(min=0)], self.position)
-        self.alive = torch.ones(len(kept), dtype=torch.bool, device=kept.device)
-
-
-def _greedy_scores(surgeons: list[_Surgeon], units: int, max_steps: int) -> np.ndarray:
-    """Remove the group's units cheapest first, `ceil(units / max_steps)` per step (one by one
-    in groups of up to max_steps units); each unit's marginal cost is taken when it goes, and its
-    score is the running maximum of those costs (so the lowest scores are the greedy prefix)."""
-    device = surgeons[0].weight.device
-    remaining = torch.ones(units, dtype=torch.bool, device=device)
-    per_step = -(-units // max_steps)
-    order, marginal = [], []
-    while len(order) < units:
-        costs = sum(s.costs(remaining) for s in surgeons)
-        count = min(per_step, units - len(order))
-        cheapest = torch.topk(costs, count, largest=False).indices.tolist() if count > 1 else [int(torch.argmin(costs))]
-        order += cheapest
-        marginal += costs[cheapest].tolist()
-        remaining[cheapest] = False
-        if len(order) < units:
-            for s in surgeons:
-                s.remove(cheapest)
-    ranked = np.maximum.accumulate(np.maximum(marginal, 0.0))
-    ranked = ranked + np.arange(units) * 1e-12 * max(ranked[-1], 1e-30)  # strictly increasing: ties keep the order
-    scores = np.empty(units)
-    scores[order] = ranked
-    return scores
-
-
-def _compensated(weight: torch.Tensor, inverse: torch.Tensor, removed: np.ndarray) -> torch.Tensor:
-    """W - W[:,M] ((H^-1)[M,M])^-1 (H^-1)[M,:], the removed columns exactly zero."""
-    m = torch.as_tensor(removed, device=weight.device)
-    block = inverse[m][:, m]
-    factor, info = torch.linalg.cholesky_ex(block)
-    step = torch.cholesky_solve(inverse[m, :], factor) if int(info) == 0 else torch.linalg.solve(block, inverse[m, :])
-    new = weight - weight[:, m] @ step
-    new[:, m] = 0
-    return new
-
-
-# ------------------------------------------------------------------------------------ OBSPA
 class Obspa:
     """Scores and compensation for one analysed model; Hessians are computed on first use.
 
@@ -585,7 +223,7 @@ class Obspa:
             matrix = self._matrix(layer)
             self.output_energy[layer.weight] = max(float(((matrix @ hessian) * matrix).sum()), 1e-30)
             features = hessian.shape[0] - (layer.bias is not None)
-            self.store.put(layer.weight, _inverse(hessian, self.damp, features).cpu().numpy())
+            self.store.put(layer.weight, damped_inverse(hessian, self.damp, features).cpu().numpy())
         for group in fallback:
             shares = []
             for k, member in enumerate(group.members):
@@ -600,7 +238,7 @@ class Obspa:
         """The layers' Hessians E[x x^T] (weight -> tensor) and the fallback groups' channel
         energies, from one forward pass of `network` over all batches."""
         graph = self.graph
-        moments = {layer.weight: _Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None,
+        moments = {layer.weight: Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None,
                                           network.device) for layer in layers}
         for m in moments.values():
             self.store.hold(m.nbytes)
@@ -619,7 +257,7 @@ class Obspa:
         def receive(tensor: str, value: torch.Tensor):
             for layer, node in readers.get(tensor, ()):
                 kernel = tuple(graph.value(layer.weight).shape[2:])
-                for rows in _row_chunks(graph.nodes[node], value, kernel):
+                for rows in row_chunks(graph.nodes[node], value, kernel):
                     moments[layer.weight].add(rows)
             for group, k in watched.get(tensor, ()):
                 axis = group.members[k].axis % value.dim()
@@ -646,9 +284,9 @@ class Obspa:
             if not layers:
                 result[group.id] = np.asarray(self.shares.get(group.id, np.zeros(group.units)), dtype=np.float64)
                 continue
-            surgeons = [_Surgeon(self._matrix(layer), self._inverse(layer), self.output_energy[layer.weight],
+            surgeons = [Surgeon(self._matrix(layer), self._inverse(layer), self.output_energy[layer.weight],
                                  layer.units[group.id]) for layer in layers]
-            result[group.id] = _greedy_scores(surgeons, group.units, self.max_steps)
+            result[group.id] = greedy_scores(surgeons, group.units, self.max_steps)
         return result
 
     def _inverse(self, layer: Layer) -> torch.Tensor:
@@ -676,7 +314,7 @@ class Obspa:
             if reader.op_type == "BatchNormalization" and reader.input[0] == node.output[0]:
                 gamma, var = graph.value(reader.input[1]), graph.value(reader.input[4])
                 if gamma is not None and var is not None and gamma.shape == (outputs,):
-                    epsilon = _attr(reader, "epsilon", 1e-5)
+                    epsilon = attr(reader, "epsilon", 1e-5)
                     scale = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + epsilon)
                     return np.maximum(scale, 1e-12 * max(scale.max(), 1e-30))  # invertible
         return np.ones(outputs)
@@ -714,7 +352,7 @@ class Obspa:
             hessians, _ = self._accumulate(pruned, part, [], batches, batch_statistics)
             for layer in part:
                 features = hessians[layer.weight].shape[0] - (layer.bias is not None)
-                inverse = _inverse(hessians.pop(layer.weight), self.damp, features)
+                inverse = damped_inverse(hessians.pop(layer.weight), self.damp, features)
                 new_values.update(self._solved(layer, inverse, removed[layer.weight]))
         return new_values
 
@@ -739,7 +377,7 @@ class Obspa:
 
     def _solved(self, layer: Layer, inverse: torch.Tensor, removed: np.ndarray) -> dict[str, np.ndarray]:
         """The layer's weight (and bias) once `removed` features are gone and the rest compensate."""
-        new = _compensated(self._matrix(layer), inverse, removed)
+        new = compensated(self._matrix(layer), inverse, removed)
         new = new.cpu().numpy() / self._row_scale(layer)[:, None]
         features = new.shape[1] - (layer.bias is not None)
         values = {layer.weight: layer.from_matrix(new[:, :features], self.graph.value(layer.weight))}
