@@ -21,7 +21,7 @@ _BATCH = "batch"
 Shape = Sequence[int | str]
 
 
-def export_flax(module: Any, path: str | os.PathLike, input_shape: Shape, opset: int = 17,
+def export_flax(module: Any, path: str | os.PathLike, input_shape: Shape, opset: int = 18,
                 dynamic_batch: bool = True) -> str:
     """Export a single-input Flax nnx module to ``path``, in inference mode.
 
@@ -31,7 +31,8 @@ def export_flax(module: Any, path: str | os.PathLike, input_shape: Shape, opset:
             statistics, Dropout is off); the module itself is not changed.
         path: the ``.onnx`` file to write (atomically); its folder is created if needed.
         input_shape: the input shape including the batch dim, e.g. ``(2, 32, 32, 3)`` (NHWC).
-        opset: ONNX opset to write (jax2onnx's own default is 23).
+        opset: ONNX opset to write (jax2onnx's own default is 23). 18 by default: jax2onnx
+            writes a jnp.mean's ReduceMean with its axes as an input, which only opset 18 allows.
         dynamic_batch: make the batch dim the symbolic dim ``batch``.
 
     Returns:
@@ -47,7 +48,7 @@ def export_flax(module: Any, path: str | os.PathLike, input_shape: Shape, opset:
 
 
 def export_jax_function(fn: Callable[..., Any], path: str | os.PathLike, input_shapes: Sequence[Shape],
-                        opset: int = 17, dynamic_batch: bool = True,
+                        opset: int = 18, dynamic_batch: bool = True,
                         input_names: Sequence[str] | None = None,
                         output_names: Sequence[str] | None = None) -> str:
     """Export a JAX function of float32 arrays (parameters closed over) to ``path``.

@@ -103,3 +103,28 @@ def test_missing_jax_is_a_clear_import_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "jax2onnx", None)  # makes `import jax2onnx` fail
     with pytest.raises(ImportError, match=r"pip install -e '\.\[jax\]'"):
         export_jax_function(lambda x: x, tmp_path / "fn.onnx", [(1, 2)])
+
+
+def test_a_jnp_mean_exports_to_a_valid_model_that_prunes(tmp_path):
+    """jax2onnx writes jnp.mean's ReduceMean with its axes as an input, valid from opset 18 on:
+    the default opset is 18, so such a model loads, runs and prunes exactly."""
+    import jax.numpy as jnp
+
+    import spa
+    from spa.oracle import max_relative_error
+
+    class MeanPooled(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+            self.head = nnx.Linear(16, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(jnp.mean(nnx.relu(self.conv(x)), axis=(1, 2)))
+
+    module = MeanPooled(nnx.Rngs(0))
+    path = export_flax(module, tmp_path / "mean.onnx", input_shape=(1, 8, 8, 1))
+    x = _random_input((OTHER_BATCH, 8, 8, 1))
+    _assert_close(ort.InferenceSession(path).run(None, {"input": x})[0], np.asarray(module(x)))
+    pruned, report = spa.prune(path, ratio=0.5, round_to=1)
+    assert report.groups_pruned == 1
+    assert max_relative_error(path, pruned, report.removed) < 1e-5
