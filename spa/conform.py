@@ -25,6 +25,7 @@ import onnx
 from onnx import defs, helper, numpy_helper, version_converter
 
 from .errors import SpaError
+from .protos import still_read
 
 ANALYZED_OPSET = 13  # the oldest opset the rules read: opsets below are converted up to it
 OLDEST_OPSET, NEWEST_OPSET = 7, 23
@@ -138,9 +139,9 @@ def downgrade(model: onnx.ModelProto, opset: int, shapes: dict | None = None) ->
             _downgrade_node(node, current, opset, constants)
     others = [imp for imp in new.opset_import if imp.domain not in _DEFAULT_DOMAINS]
     _set_imports(new, opset, others)
-    unread = [t for t in new.graph.initializer if not _read(new, t.name)]  # constants moved into attributes
-    for t in unread:
-        new.graph.initializer.remove(t)
+    kept = still_read(list(new.graph.initializer), model.graph.node, new.graph.node, new.graph)  # less those moved into attributes
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(kept)
     try:
         onnx.checker.check_model(new)
     except onnx.checker.ValidationError as e:
@@ -216,10 +217,6 @@ def _list_initializers(model: onnx.ModelProto, origin: Origin):
 def _set_imports(model: onnx.ModelProto, opset: int, others):
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", opset)] + list(others))
-
-
-def _read(model: onnx.ModelProto, name: str) -> bool:
-    return any(name in n.input for n in model.graph.node) or name in {o.name for o in model.graph.output}
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
