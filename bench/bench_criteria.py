@@ -79,7 +79,7 @@ def summary(results: dict) -> dict:
 
 
 def report(results: dict) -> str:
-    from spa.cli import table
+    from spa.cli.common import table
 
     parts = []
     for model in MODELS:

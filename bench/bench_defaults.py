@@ -75,7 +75,7 @@ def main():
     args = parser.parse_args()
 
     import spa
-    from spa.cli import table
+    from spa.cli.common import table
     from spa.runtime import latency
 
     rows, failures = [], []

@@ -88,7 +88,7 @@ def main():
         figures["torch_pruning"] = tp_times
         rows.append(["Torch-Pruning, PyTorch", tp_times["graph_s"], tp_times["prune_s"], None])
 
-    from spa.cli import table
+    from spa.cli.common import table
 
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print("ResNet-50, 30% of channels, median of", args.repeats, "runs (seconds)")

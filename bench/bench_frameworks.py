@@ -45,7 +45,7 @@ def main():
     args = parser.parse_args()
 
     import spa
-    from spa.cli import table
+    from spa.cli.common import table
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,7 +65,7 @@ def main():
     import onnx
 
     import spa
-    from spa.cli import table
+    from spa.cli.common import table
     from spa.runtime import latency, random_inputs
 
     rows = []

@@ -164,7 +164,7 @@ def main():
 
     import onnxruntime
 
-    from spa.cli import table
+    from spa.cli.common import table
     from spa.hardware import cpu_flags
 
     print(f"onnxruntime {onnxruntime.__version__}, CPU flags: {' '.join(sorted(cpu_flags() & {'avx2', 'avx512f', 'fma'}))}")

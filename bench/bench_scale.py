@@ -114,7 +114,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000])
     parser.add_argument("--kind", choices=("resnet", "transformer"), default="resnet")
     args = parser.parse_args()
-    from spa.cli import table
+    from spa.cli.common import table
 
     build = resnet if args.kind == "resnet" else transformer
     rows = []

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import spa  # noqa: E402
 from models_zoo.wild import WILD_ZOO  # noqa: E402
-from spa.cli import _human, table  # noqa: E402
+from spa.cli.common import human, table  # noqa: E402
 from spa.oracle import max_relative_error  # noqa: E402
 from spa.runtime import latency, random_inputs  # noqa: E402
 
@@ -58,8 +58,8 @@ def main():
                 opset = report.opset
                 rows.append([name, ratio, f"{opset['input']} -> {opset['written']}",
                              f"{report.groups_pruned}/{report.groups_total}",
-                             f"{_human(report.params_before)} -> {_human(report.params_after)}",
-                             f"{_human(report.flops_before)} -> {_human(report.flops_after)}",
+                             f"{human(report.params_before)} -> {human(report.params_after)}",
+                             f"{human(report.flops_before)} -> {human(report.flops_after)}",
                              f"{error:.0e}", f"{before['median_ms'] / after['median_ms']:.2f}x"])
                 print(" | ".join(map(str, rows[-1])), file=sys.stderr)
                 if ratio == args.ratios[0]:

@@ -112,7 +112,7 @@ def test_existing_output_survives_a_failed_prune(tmp_path, model):
 ])
 def test_a_prune_that_runs_no_faster_says_what_to_try(before_ms, after_ms, round_to, words):
     from spa.api import Report
-    from spa.cli import no_faster_hint
+    from spa.cli.prune import no_faster_hint
 
     report = Report(criterion="l1", ratio=0.3, scope="local", round_to=round_to, params_before=1, params_after=1,
                     flops_before=1, flops_after=1, size_before=1, size_after=1, groups_total=1,

@@ -159,7 +159,7 @@ def test_misaligned_layers_name_the_layers_most_flops_first(exports):
 
 def test_a_slower_prune_says_so_and_names_the_layers():
     from spa.api import Report
-    from spa.cli import slower_warning
+    from spa.cli.prune import slower_warning
 
     report = Report(criterion="l1", ratio=0.3, scope="local", round_to=1, params_before=1, params_after=1,
                     flops_before=1, flops_after=1, size_before=1, size_after=1, groups_total=1,

@@ -1,0 +1,6 @@
+"""`python -m spa.cli`: the same as the `spa` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
