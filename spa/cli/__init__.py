@@ -12,6 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import SpaError
+from ..extras import missing
 
 # The subcommands, in the order `spa --help` lists them; each is a module of this package.
 COMMANDS = ("analyze", "prune", "export", "bench", "train")
@@ -49,7 +50,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("spa: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug of ours: one line, and the way to see more
+    except Exception as e:  # a missing extra, or a bug of ours: one line, and the way to see more
+        if isinstance(e, ImportError) and missing(e):
+            print(f"spa: error: {missing(e)}", file=sys.stderr)
+            return 2
         if os.environ.get("SPA_DEBUG"):
             raise
         print(f"spa: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import SpaError
+from ..extras import missing
 from .common import table
 
 
@@ -59,7 +60,7 @@ def cmd_export(args) -> int:
     try:
         zoo = load_zoo()
     except ImportError as e:
-        raise SpaError(str(e)) from None
+        raise SpaError(missing(e) or str(e)) from None
     if args.list or not args.model:
         print(table([[n, getattr(e, "description", "")] for n, e in zoo.items()], ["model", "description"]))
         return 0

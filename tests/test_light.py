@@ -1,0 +1,90 @@
+"""The light install: the core dependencies only, no PyTorch, no TensorFlow, no JAX.
+
+Each job runs `spa` in a fresh interpreter where importing a framework fails as it does where it
+is not installed, so these tests hold in the full environment too; CI also runs them in a virtual
+environment with the core install only (`.ci/run`), where they must not find torch at all.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from spa.extras import EXTRAS
+from spa.oracle import max_relative_error
+from tests.rules.graphs import Builder
+
+# A fresh interpreter in which importing any extra's module fails like a missing package.
+WITHOUT_EXTRAS = f"""
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {sorted(EXTRAS)!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Missing())
+"""
+
+
+def spa_light(*args) -> subprocess.CompletedProcess:
+    code = WITHOUT_EXTRAS + "from spa.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A small residual CNN: stem, a residual block, a head."""
+    b = Builder()
+    x = b.input((1, 3, 16, 16))
+    stem = b.op("Relu", [b.conv(x, 16, k=3, name="stem")])
+    branch = b.conv(b.op("Relu", [b.conv(stem, 24, k=3, name="c1")]), 16, k=3, name="c2")
+    trunk = b.op("Relu", [b.op("Add", [stem, branch])])
+    pooled = b.op("Flatten", [b.op("GlobalAveragePool", [trunk])])
+    logits = b.op("Gemm", [pooled, b.weight("fc.W", (10, 16)), b.weight("fc.B", (10,))], transB=1)
+    b.output(logits)
+    path = tmp_path_factory.mktemp("light") / "resnet.onnx"
+    with open(path, "wb") as f:
+        f.write(b.build().SerializeToString())
+    return path
+
+
+def test_import_and_help_need_no_framework():
+    code = WITHOUT_EXTRAS + ("import spa, spa.cli\nspa.cli.build_parser()\n"
+                             f"assert not any(m.split('.')[0] in {sorted(EXTRAS)!r} for m in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_analyze_prune_bench_without_torch(model_path, tmp_path):
+    assert spa_light("analyze", model_path).returncode == 0
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = spa_light("prune", model_path, "-o", out, "--ratio", "0.5", "--round-to", "1", "--report", report)
+    assert result.returncode == 0, result.stderr
+    removed = json.loads(report.read_text())["removed"]
+    assert removed
+    assert max_relative_error(str(model_path), str(out), removed) < 1e-5
+    result = spa_light("bench", model_path, out, "--runs", "3", "--warmup", "1")
+    assert result.returncode == 0 and "speed-up" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("args", [["--criterion", "obspa"], ["--criterion", "taylor", "--pseudo-labels"]])
+def test_a_job_that_needs_torch_names_the_extra(model_path, tmp_path, args):
+    out = tmp_path / "pruned.onnx"
+    if "taylor" in args:
+        import numpy as np
+
+        np.savez(tmp_path / "calib.npz", X=np.zeros((4, 3, 16, 16), np.float32))
+        args = args + ["--calib", tmp_path / "calib.npz"]
+    result = spa_light("prune", model_path, "-o", out, *args)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("spa: error: this needs PyTorch, which is not installed") and line.endswith(
+        "pip install 'spa[torch]'")
+    assert not out.exists()
+
+
+def test_export_names_the_extra(tmp_path):
+    result = spa_light("export", "--framework", "tf", "--list")
+    assert result.returncode == 2
+    assert "pip install 'spa[tf]'" in result.stderr
