@@ -1,4 +1,4 @@
-"""TensorFlow front end: export Keras 3 models and SavedModels to ONNX with tf2onnx.
+"""TensorFlow front end: export Keras 3 models, SavedModels and TFLite files to ONNX with tf2onnx.
 
 The exported graph takes NHWC float32 input named ``input`` (batch dim symbolic, ``batch``, by
 default) and a single output is named ``output``. tf2onnx inserts a Transpose to NCHW before the
@@ -40,7 +40,7 @@ def load_llvm_users_in_order():
     if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
 
-__all__ = ["export_keras", "export_saved_model"]
+__all__ = ["export_keras", "export_saved_model", "export_tflite"]
 
 _MISSING = "TensorFlow support needs the 'tf' extra: pip install -e '.[tf]'"
 
@@ -101,6 +101,30 @@ def export_saved_model(saved_model_dir: str | os.PathLike, path: str | os.PathLi
 
     proto, _ = tf2onnx.convert.from_function(call, input_signature=call.input_signature, opset=opset,
                                              custom_op_handlers=_CUSTOM_OP_HANDLERS)
+    return _save(proto, path)
+
+
+def export_tflite(tflite_path: str | os.PathLike, path: str | os.PathLike, opset: int = 17) -> str:
+    """Export a TFLite flatbuffer (``.tflite``) to ``path``.
+
+    Input and output names are the TFLite tensors' names; a symbolic batch dim is named ``batch``.
+    Float models convert exactly. Dynamic-range quantized ones (int8 weights, float activations)
+    keep their int8 weights behind ``DequantizeLinear``; TFLite's hybrid kernels also quantize the
+    activations on the fly, so the ONNX model (float activations) differs from TFLite's output by
+    about the activations' quantization step.
+    """
+    source = os.fspath(tflite_path)
+    if not os.path.isfile(source):
+        raise ValueError(f"no TFLite file at {source}")
+    _, tf2onnx = _import_tensorflow()
+    try:
+        proto, _ = tf2onnx.convert.from_tflite(source, opset=opset)
+    except Exception as error:  # tf2onnx raises whatever its flatbuffer parser or op handlers raise
+        raise ValueError(f"tf2onnx could not convert {source}: {type(error).__name__}: {error}") from None
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            _rename_dim_param(proto, dims[0].dim_param, "batch")
     return _save(proto, path)
 
 

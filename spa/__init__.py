@@ -1,11 +1,12 @@
 """SPA: structurally prune anything. Coupled channel groups on ONNX graphs, scored and removed."""
 from .api import Report, apply, prune
+from .erase import EraseReport, erase  # the function; the package stays importable as spa.erase.*
 from .errors import SpaError
 from .graph import Graph
 from .groups import Analysis, Group, analyze
 from .io import save_model as save
 
-__all__ = ["Analysis", "Graph", "Group", "Report", "SpaError", "analyze", "apply", "prune", "save", "to_torch", "write_back"]
+__all__ = ["Analysis", "EraseReport", "Graph", "Group", "Report", "SpaError", "analyze", "apply", "erase", "prune", "save", "to_torch", "write_back"]
 __version__ = "0.1.0"
 
 

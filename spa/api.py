@@ -48,6 +48,7 @@ class Report:
     opset: dict = field(default_factory=dict)  # input, analyzed and written opsets
     input_shapes: dict = field(default_factory=dict)  # the sizes SPA ran the model at
     notes: list = field(default_factory=list)  # one line each: what SPA chose or could not do
+    erased: list = field(default_factory=list)  # structures erased before the channels (spa.erase)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +74,7 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
           normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
           progress: bool = False, head_ratio: float | None = None, hidden_ratio: float | None = None,
           obspa: dict | None = None, input_shapes: dict | None = None,
-          opset: int | None = None) -> tuple[onnx.ModelProto, Report]:
+          opset: int | None = None, erase: int | None = None, erase_flops: float | None = None) -> tuple[onnx.ModelProto, Report]:
     """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
     and onnxruntime unless check=False) and a Report.
 
@@ -105,6 +106,10 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
     sizes that run are picked (spa.inputs). The pruned model is written at the input's opset, or
     at `opset`. A group whose removal cannot be rewritten, or breaks the final check, is blocked
     with the reason and the rest pruned again.
+    `erase` (N structures) or `erase_flops` (F of the FLOPs) first erases whole structures
+    (spa.erase), then prunes the channels of what is left; a FLOPs or parameter target stays a
+    fraction of the original model, so the channels make up what erasing left to do. The
+    report's before figures are the original's, and `erased` lists the structures.
     """
     target = Target.from_options(ratio, target_flops, target_params)
     round_to = check_round_to(round_to)
@@ -118,7 +123,11 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
     _count(batch_size, "--calib-batch")
     check_opset(opset)
     own_ratios = _own_ratios(head_ratio, hidden_ratio)
-    graph = Graph.load(model)
+    graph = source = Graph.load(model)
+    erased = None
+    if erase is not None or erase_flops is not None:
+        graph, erased, target = _erased_first(graph, erase, erase_flops, keep, input_shapes, target)
+        selection = Selection(target, scope, round_to, max_ratio, selection.steps, isomorphic)
     shapes, shape_note = choose_shapes(graph.model, input_shapes)
     if calib is not None and crit.uses_data:
         calib = load_calibration(calib, graph.model)  # checked once, before any work
@@ -132,11 +141,32 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
             chosen = _select(original, selection, crit, context, exact, keep, own_ratios)
             new_values = crit.compensation(original, chosen, context) if crit.compensates else None
         try:
-            return apply(original, chosen, check=check, new_values=new_values,
-                         **{**settings, "notes": settings["notes"] + context.notes + _left_small(original, chosen, selection)})
+            pruned, report = apply(original, chosen, check=check, new_values=new_values,
+                                   **{**settings, "notes": settings["notes"] + context.notes + _left_small(original, chosen, selection)})
         except GroupsFailed as failed:  # blocked now; the others are chosen again without them
             for g in failed.groups:
                 original.groups[g].block(failed.reason, failed.code)
+            continue
+        if erased is not None:  # the before figures are the original's
+            report.erased, report.notes = erased.erased, erased.notes + report.notes
+            report.params_before, report.flops_before = erased.params_before, erased.flops_before
+            report.size_before = file_size(source.model) if source.path is None else _size_on_disk(source)
+        return pruned, report
+
+
+def _erased_first(graph: Graph, blocks, flops, keep, input_shapes, target: Target):
+    """The model with the structures erased (spa.erase), its erase report, and the target for its
+    channels: a FLOPs or parameter target of the original, as a fraction of the erased model."""
+    from .erase import erase as erase_structures
+
+    if blocks is not None and flops is not None:
+        raise SpaError("give either --erase or --erase-flops")
+    model, erased = erase_structures(graph, blocks=blocks, target_flops=flops, keep=keep, input_shapes=input_shapes)
+    if target.kind != "ratio":
+        before, after = ((erased.flops_before, erased.flops_after) if target.kind == "flops"
+                         else (erased.params_before, erased.params_after))
+        target = Target(target.kind, min(1.0, target.value * before / max(after, 1)))
+    return Graph.load(model), erased, target
 
 
 def _left_small(analysis: Analysis, chosen: dict[int, np.ndarray], selection: Selection) -> list[str]:

@@ -2,7 +2,9 @@
 
 For a criterion that leaves kept weights unchanged, a correctly pruned model computes exactly what
 the original computes once every removed parameter slice is set to zero. `zeroed` builds that
-model from the report's `removed` list; `verify` runs both on the same random inputs.
+model from the report's `removed` list. Erasing has its own: an erased model computes what the
+original computes with each erased structure's output (at its join) multiplied by zero,
+`outputs_zeroed`. `max_relative_error` compares a result with the original under both.
 """
 from __future__ import annotations
 
@@ -27,9 +29,7 @@ def zeroed(model, removed: list[dict]) -> onnx.ModelProto:
         value[tuple(index)] = 0
     replaced_producers = {graph.tensors[n].producer for n in values if not n in graph.initializers}
     nodes = [n for i, n in enumerate(graph.nodes) if i not in replaced_producers]
-    initializers = [numpy_helper.from_array(values[t.name], t.name) if t.name in values
-                    else (numpy_helper.from_array(graph.value(t.name), t.name)
-                          if t.data_location == onnx.TensorProto.EXTERNAL else t)
+    initializers = [numpy_helper.from_array(values[t.name], t.name) if t.name in values else _inline(graph, t)
                     for t in graph.model.graph.initializer]
     initializers += [numpy_helper.from_array(v, n) for n, v in values.items() if n not in graph.initializers]
     old = graph.model.graph
@@ -39,9 +39,38 @@ def zeroed(model, removed: list[dict]) -> onnx.ModelProto:
     return new
 
 
-def max_relative_error(original, pruned, removed: list[dict], feeds=None, batch: int = 2) -> float:
-    """max |pruned - zeroed original| / max |zeroed original| over every output."""
-    reference = zeroed(original, removed)
+def outputs_zeroed(model, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of `model` in which each of `tensors` is multiplied by zero before anything reads it."""
+    graph = Graph.load(model)
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "spa_oracle_zero")
+    nodes = []
+    for name in tensors:  # graph inputs first
+        if graph.tensors[name].producer is None:
+            nodes.append(helper.make_node("Mul", [name, zero.name], [f"{name}_zeroed"]))
+    for original in graph.model.graph.node:
+        node = onnx.NodeProto.FromString(original.SerializeToString())
+        node.input[:] = [f"{n}_zeroed" if n in tensors else n for n in node.input]
+        nodes.append(node)
+        nodes += [helper.make_node("Mul", [n, zero.name], [f"{n}_zeroed"]) for n in node.output if n in tensors]
+    old = graph.model.graph
+    new_graph = helper.make_graph(nodes, old.name, old.input, old.output,
+                                  [_inline(graph, t) for t in old.initializer] + [zero])
+    new = helper.make_model(new_graph, opset_imports=graph.model.opset_import, ir_version=graph.model.ir_version)
+    new.functions.extend(graph.model.functions)
+    return new
+
+
+def _inline(graph: Graph, tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """The initializer with its data in the proto (external data is read in)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return numpy_helper.from_array(graph.value(tensor.name), tensor.name)
+    return tensor
+
+
+def max_relative_error(original, pruned, removed: list[dict], feeds=None, batch: int = 2, erased=()) -> float:
+    """max |pruned - zeroed original| / max |zeroed original| over every output; `erased` (the
+    tensors erased structures output at their joins) are zeroed in the original too."""
+    reference = zeroed(outputs_zeroed(original, list(erased)) if erased else original, removed)
     feeds = feeds or random_inputs(reference, batch=batch, shapes=choose_shapes(reference)[0])
     want = run(reference, feeds)
     got = run(pruned, feeds)

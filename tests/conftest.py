@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from frontends.tensorflow import load_llvm_users_in_order
+
+# Test modules import TensorFlow and torch in any order; triton (torch's) must load first.
+load_llvm_users_in_order()
+
 
 class _Exports:
     """Exports each (model, exporter, training) once per session, into a temporary directory."""

@@ -19,8 +19,13 @@ def _check_runs(graph, given: dict) -> str | None:
 
 
 def cmd_analyze(args) -> int:
+    from ..erase import find_structures
     from ..groups import analyze
+    from ..io import check_output_path
 
+    for path in (args.json, args.plot):  # refused before any work, and before either is written
+        if path:
+            check_output_path(path, protected=[args.model])
     analysis = analyze(args.model, keep=args.keep, carrier=args.carrier)
     note = _check_runs(analysis.graph, args.input_shape)
     origin = analysis.graph.origin
@@ -66,8 +71,18 @@ def cmd_analyze(args) -> int:
     prunable = analysis.prunable
     print(f"\n{len(analysis.groups)} groups: {len(prunable)} prunable ({sum(g.units for g in prunable)} channels), "
           f"{len(analysis.blocked)} blocked, {sum(1 for g in analysis.groups if not g.blocked and g.units < 2)} single-channel")
+    structures = find_structures(analysis.graph)
+    if structures:
+        print("\nremoval structures (spa erase):")
+        print(table([[s.id, s.kind, s.output, len(s.nodes), human(s.params), human(s.flops), "-" if s.parent is None else s.parent]
+                     for s in structures], ["id", "kind", "output", "nodes", "params", "FLOPs", "parent"]))
     if args.json:
         write_json(args.json, analysis.to_dict(), protected=[args.model])
+    if args.plot:
+        from ..plot import plot_analysis
+
+        plot_analysis(analysis, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -76,5 +91,6 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("analyze", help="list the coupled channel groups and why any are blocked")
     add_model_options(p)
     p.add_argument("--json", metavar="OUT.json", help="write the analysis as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="draw each group's channels (blocked ones in red) and its FLOPs")
     p.add_argument("-v", "--verbose", action="store_true", help="print every group's members")
     p.set_defaults(run=cmd_analyze)

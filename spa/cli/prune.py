@@ -17,8 +17,9 @@ def cmd_prune(args) -> int:
     from ..runtime import latency, random_inputs
 
     output = check_output_path(args.output, protected=[args.model])
-    if args.report:
-        check_output_path(args.report, protected=[args.model, output])
+    for path in (args.report, args.plot):
+        if path:
+            check_output_path(path, protected=[args.model, output])
     targets = {"ratio": args.ratio, "target_flops": args.target_flops, "target_params": args.target_params}
     if all(v is None for v in targets.values()):
         targets["ratio"] = DEFAULT_RATIO
@@ -29,7 +30,8 @@ def cmd_prune(args) -> int:
         pseudo_labels=args.pseudo_labels, batch_size=args.calib_batch, progress=sys.stderr.isatty(),
         head_ratio=args.head_ratio,
         obspa={"data_free": args.data_free, **({"samples": args.samples} if args.samples else {})},
-        hidden_ratio=args.hidden_ratio, input_shapes=args.input_shape, opset=args.opset, **targets,
+        hidden_ratio=args.hidden_ratio, input_shapes=args.input_shape, opset=args.opset, erase=args.erase,
+        erase_flops=args.erase_flops, **targets,
     )
     if not args.no_latency:
         feeds = random_inputs(pruned, batch=1, shapes=report.input_shapes)
@@ -39,6 +41,10 @@ def cmd_prune(args) -> int:
     for note in report.notes:
         print(note)
     print(prune_table(report))
+    if report.erased:
+        from .erase import erased_table
+
+        print("\n" + erased_table(report.erased))
     for kind, label, before, after in (("target_flops", "FLOPs", report.flops_before, report.flops_after),
                                        ("target_params", "parameters", report.params_before, report.params_after)):
         if targets[kind] is not None and before:
@@ -59,6 +65,12 @@ def cmd_prune(args) -> int:
     print(f"\nwrote {output} (opset {report.opset['written']})")
     if args.report:
         write_json(args.report, report.to_dict(), protected=[args.model, output])
+    if args.plot:
+        from ..groups import analyze
+        from ..plot import plot_prune
+
+        plot_prune(report, analyze(args.model, keep=args.keep, carrier=args.carrier), args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -101,6 +113,8 @@ def prune_table(report) -> str:
         before_after("file size (bytes)", report.size_before, report.size_after),
         ["groups pruned", "", f"{report.groups_pruned} of {report.groups_prunable}", ""],
     ]
+    if report.erased:
+        rows.append(["structures erased", "", str(len(report.erased)), ""])
     if report.latency:
         b, a = report.latency["before"]["median_ms"], report.latency["after"]["median_ms"]
         rows.append(["latency, batch 1 (ms)", f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x speed-up" if a else "-"])
@@ -160,8 +174,15 @@ def add_parser(subparsers) -> None:
                    help="fraction of the attention heads to remove in every attention (default: as the target)")
     p.add_argument("--hidden-ratio", type=ratio, metavar="R",
                    help="fraction of a transformer's hidden size to remove (default: as the target)")
+    erase = p.add_mutually_exclusive_group()
+    erase.add_argument("--erase", type=int, metavar="N",
+                       help="first erase N whole structures (residual branches, attention and MLP sub-layers; see "
+                            "`spa erase`), then prune channels; a FLOPs target stays the original's")
+    erase.add_argument("--erase-flops", type=ratio, metavar="F",
+                       help="first erase structures until FLOPs are F times the original's, then prune channels")
     p.add_argument("--seed", type=int, default=0, help="seed for the random criterion")
     p.add_argument("--report", metavar="OUT.json", help="write the report as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="draw each group's channels before and after, and its FLOPs")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
     p.add_argument("--opset", type=int, default=None, metavar="N",
                    help="write the pruned model at opset N (default: the input model's opset)")

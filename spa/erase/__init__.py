@@ -1,0 +1,104 @@
+"""Erasing mode: remove whole residual branches (blocks, attention and MLP sub-layers).
+
+Beside channel groups, a second way to compress: find the removal structures (structures.py),
+score them data-free (scoring.py), and erase the least important (rewrite.py). Erasing a
+structure equals its output at the join becoming zero (the erase oracle).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from ..conform import default_opset, restore
+from ..errors import SpaError
+from ..graph import Graph
+from ..inputs import choose_shapes
+from ..metrics import count_flops, count_params, node_flops
+from ..rewrite import validate
+from .rewrite import erase_structures
+from .scoring import score
+from .structures import Structure, find_structures
+
+__all__ = ["EraseReport", "Structure", "erase", "find_structures"]
+
+
+@dataclass
+class EraseReport:
+    erased: list[dict]  # id, kind, output, nodes, params, flops, score of each erased structure
+    structures: int  # how many the model has
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    opset: dict = field(default_factory=dict)
+    input_shapes: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def erase(model, blocks: int | None = None, target_flops: float | None = None, keep=(),
+          input_shapes: dict | None = None) -> tuple[onnx.ModelProto, EraseReport]:
+    """Erase the least important removal structures of `model` (a path, ModelProto or Graph):
+    exactly `blocks` of them, or as many as it takes to reach `target_flops` times the original
+    FLOPs (or until none is left). Names in `keep` (nodes or tensors) protect the structures they
+    are in. Returns the erased model (at the input's opset) and its report."""
+    if (blocks is None) == (target_flops is None):
+        raise SpaError("give either a number of blocks or a FLOPs target to erase")
+    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0):
+        raise SpaError(f"--blocks {blocks}: give a whole number, 0 or more")
+    if target_flops is not None and not 0 < target_flops <= 1:
+        raise SpaError(f"--target-flops {target_flops}: give a fraction in (0, 1]")
+    graph = Graph.load(model)
+    shapes, note = choose_shapes(graph.model, input_shapes)
+    structures = find_structures(graph)
+    erasable = [s for s in structures if not _kept(graph, s, set(keep))]
+    if blocks is not None and blocks > len(erasable):
+        raise SpaError(f"--blocks {blocks}: the model has only {len(erasable)} erasable structure(s)"
+                       + (f" ({len(structures) - len(erasable)} kept)" if len(erasable) < len(structures) else ""))
+    scores = score(graph, erasable, shapes)
+    flops_before = count_flops(graph)
+    chosen = _choose(graph, sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
+    erased = erase_structures(graph, chosen)
+    validate(erased, graph.model, shapes)
+    after = Graph(erased)
+    written, restore_note = restore(erased, graph.origin, None, shapes)
+    report = EraseReport(
+        erased=[{"id": s.id, "kind": s.kind, "output": s.output, "nodes": len(s.nodes), "params": s.params,
+                 "flops": s.flops, "score": scores[s.id]} for s in chosen],
+        structures=len(structures),
+        params_before=count_params(graph), params_after=count_params(after),
+        flops_before=flops_before, flops_after=count_flops(after),
+        opset={"input": graph.origin.opset, "analyzed": graph.opset, "written": default_opset(written)},
+        input_shapes={n: list(s) for n, s in shapes.items()},
+        notes=[n for n in (note, restore_note) if n],
+    )
+    return written, report
+
+
+def _kept(graph: Graph, s: Structure, keep: set[str]) -> bool:
+    return any(graph.nodes[i].name in keep or set(graph.nodes[i].output) & keep for i in s.removed)
+
+
+def _choose(graph: Graph, ranked: list[Structure], blocks: int | None, target_flops: float | None,
+            flops_before: int) -> list[Structure]:
+    """Least important first; a structure nested in a chosen one (or holding one) is skipped, so
+    that nothing is erased or counted twice."""
+    chosen: list[Structure] = []
+    removed: set[int] = set()
+    flops = flops_before
+    for s in ranked:
+        if blocks is not None and len(chosen) == blocks:
+            break
+        if target_flops is not None and flops <= target_flops * flops_before:
+            break
+        if s.removed & removed:
+            continue
+        chosen.append(s)
+        removed |= s.removed
+        flops -= sum(node_flops(graph, i) for i in s.removed)
+    if blocks is not None and len(chosen) < blocks:
+        raise SpaError(f"--blocks {blocks}: only {len(chosen)} structures can be erased together (the others are nested in them or share their join)")
+    return sorted(chosen, key=lambda s: s.id)
