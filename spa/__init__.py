@@ -2,11 +2,12 @@
 from .api import Report, apply, prune
 from .erase import EraseReport, erase  # the function; the package stays importable as spa.erase.*
 from .errors import SpaError
+from .finetune import FinetuneReport, finetune  # the function; torch is imported when it runs
 from .graph import Graph
 from .groups import Analysis, Group, analyze
 from .io import save_model as save
 
-__all__ = ["Analysis", "EraseReport", "Graph", "Group", "Report", "SpaError", "analyze", "apply", "erase", "prune", "save", "to_torch", "write_back"]
+__all__ = ["Analysis", "EraseReport", "FinetuneReport", "Graph", "Group", "Report", "SpaError", "analyze", "apply", "erase", "finetune", "prune", "save", "to_torch", "write_back"]
 __version__ = "0.1.0"
 
 

@@ -15,7 +15,7 @@ from ..errors import SpaError
 from ..extras import missing
 
 # The subcommands, in the order `spa --help` lists them; each is a module of this package.
-COMMANDS = ("analyze", "prune", "export", "bench", "train", "erase", "sensitivity")
+COMMANDS = ("analyze", "prune", "export", "bench", "train", "erase", "sensitivity", "finetune")
 
 
 class _Parser(argparse.ArgumentParser):
