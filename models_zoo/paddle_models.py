@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-__all__ = ["ZooEntry", "PADDLE_ZOO", "randomize", "resnet", "pp_lcnet"]
+__all__ = ["ZooEntry", "PADDLE_ZOO", "randomize", "resnet", "pp_lcnet", "text_recognizer"]
 
 _CLASSES = 10
 
@@ -93,6 +93,29 @@ def pp_lcnet(seed: int = 0) -> nn.Layer:
     return randomize(layer, seed)
 
 
+class _Recognizer(nn.Layer):
+    """CRNN-style: a conv backbone pooled to a height of 1, a bidirectional LSTM over the width,
+    a per-step classifier (as PaddleOCR's recognizers are built)."""
+
+    def __init__(self, characters: int = 36):
+        super().__init__()
+        self.backbone = nn.Sequential(_ConvBN(1, 16, 3), nn.MaxPool2D(2), _ConvBN(16, 32, 3), nn.MaxPool2D(2),
+                                      _ConvBN(32, 64, 3), nn.AvgPool2D((8, 1)))
+        self.lstm = nn.LSTM(64, 32, direction="bidirect")
+        self.head = nn.Linear(64, characters + 1)  # + the CTC blank
+
+    def forward(self, x):
+        features = self.backbone(x).squeeze(2).transpose([0, 2, 1])  # [batch, width, channels]
+        sequence, _ = self.lstm(features)
+        return self.head(sequence)
+
+
+def text_recognizer(seed: int = 0) -> nn.Layer:
+    """Text recognizer: conv backbone, bidirectional LSTM over the width, per-step classifier (32x64 grayscale)."""
+    paddle.seed(seed)
+    return randomize(_Recognizer(), seed)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     build: Callable[..., nn.Layer]
@@ -105,4 +128,6 @@ def _entry(fn: Callable[..., nn.Layer]) -> ZooEntry:
     return ZooEntry(fn, (2, 3, 32, 32), (fn.__doc__ or "").strip().splitlines()[0])
 
 
-PADDLE_ZOO: dict[str, ZooEntry] = {"resnet": _entry(resnet), "pp_lcnet": _entry(pp_lcnet)}
+PADDLE_ZOO: dict[str, ZooEntry] = {"resnet": _entry(resnet), "pp_lcnet": _entry(pp_lcnet),
+                                   "text_recognizer": ZooEntry(text_recognizer, (2, 1, 32, 64),
+                                                               text_recognizer.__doc__.splitlines()[0])}
