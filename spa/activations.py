@@ -2,10 +2,10 @@
 
 `RuntimeNetwork` runs the ONNX model itself in onnxruntime, with the chosen tensors added as
 outputs and the operators nothing chosen needs left out: it works on every model onnxruntime
-runs. `Network` converts the model once to torch (spa.to_torch; on the GPU when there is one) and
-taps its modules; it is what gradients need (data-free inversion). Both have `stream`: it runs
-batches of inputs and hands each chosen tensor, as a torch tensor on the network's device, to a
-callback. Nothing is kept between batches: the caller reduces each tensor to what it needs (a
+runs, with no PyTorch. `Network` converts the model once to torch (spa.to_torch; on the GPU when
+there is one) and taps its modules; it is what gradients need (data-free inversion), and the only
+part that imports torch. Both have `stream`: it runs batches of inputs and hands each chosen
+tensor, as a numpy array, to a callback. Nothing is kept between batches: the caller reduces each tensor to what it needs (a
 Hessian, channel energies) and drops it.
 """
 from __future__ import annotations
@@ -16,19 +16,18 @@ from collections.abc import Callable, Iterable
 import networkx as nx
 import numpy as np
 import onnx
-import torch
 from onnx import helper, numpy_helper
-from torch import nn
 
 from .conform import upgrade
 from .errors import SpaError
 from .graph import Graph
 from .protos import node_reads
 from .runtime import graph_inputs, run, session
-from .torch_bridge import TorchConversionError, to_torch
 
 
-def default_device() -> torch.device:
+def default_device():
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -39,7 +38,12 @@ class _Reached(Exception):
 class Network:
     """A torch copy of an ONNX model whose operators can be tapped by ONNX node."""
 
-    def __init__(self, graph: Graph, device: torch.device | str | None = None):
+    def __init__(self, graph: Graph, device=None):
+        import torch
+        from torch import nn
+
+        from .torch_bridge import TorchConversionError, to_torch
+
         self.graph = graph
         self.device = torch.device(device) if device is not None else default_device()
         try:
@@ -48,7 +52,7 @@ class Network:
             raise SpaError(f"running the model needs it in PyTorch, and {e}") from None
         self.module = self.torch_model.module.to(self.device)
         self.input_names = self.torch_model.input_names
-        self._producers: dict[str, tuple[nn.Module, int]] = {}  # ONNX tensor -> (module, output position)
+        self._producers: dict[str, tuple] = {}  # ONNX tensor -> (module, output position)
         for _, module in self.module.named_modules():
             mapping = getattr(module, "onnx_mapping", None)
             if mapping is not None:
@@ -60,22 +64,24 @@ class Network:
         return tensor in self._producers
 
     def stream(self, tensors: Iterable[str], batches: Iterable[dict[str, np.ndarray]],
-               receive: Callable[[str, torch.Tensor], None], batch_statistics: bool = False):
+               receive: Callable[[str, np.ndarray], None], batch_statistics: bool = False):
         """Run every batch (input name -> array) and call receive(tensor, value) for each of
         `tensors` as it is computed. With batch_statistics, every BatchNormalization normalizes
         with the batch's own statistics (its running statistics are left untouched)."""
-        by_module: dict[nn.Module, list[tuple[str, int]]] = {}
+        import torch
+
+        by_module: dict = {}
         for name in dict.fromkeys(tensors):
             module, position = self._producers[name]
             by_module.setdefault(module, []).append((name, position))
         if not by_module:
             return
-        seen: set[nn.Module] = set()
+        seen: set = set()
 
         def hook(module, _args, output):
             for name, position in by_module[module]:
                 value = output[position] if isinstance(output, (tuple, list)) else output
-                receive(name, value.detach())
+                receive(name, value.detach().cpu().numpy())
             seen.add(module)
             if len(seen) == len(by_module):
                 raise _Reached
@@ -93,7 +99,10 @@ class Network:
             for handle in handles:
                 handle.remove()
 
-    def tensor(self, array: np.ndarray) -> torch.Tensor:
+    def tensor(self, array: np.ndarray):
+        """The array as a torch tensor on the network's device."""
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     @contextlib.contextmanager
@@ -121,9 +130,8 @@ class RuntimeNetwork:
     already pruned and compensated, with the removed slices at zero, computes what the pruned one
     computes."""
 
-    def __init__(self, graph: Graph, device: torch.device | str | None = None, replaced: dict | None = None):
+    def __init__(self, graph: Graph, replaced: dict | None = None):
         self.graph = graph
-        self.device = torch.device(device) if device is not None else default_device()
         self.replaced = replaced or {}
         self.input_names = [vi.name for vi in graph_inputs(graph.model)]
         self.batchnorms = [i for i, n in enumerate(graph.nodes) if n.op_type == "BatchNormalization"]
@@ -134,7 +142,7 @@ class RuntimeNetwork:
         return t is not None and (t.producer is not None or tensor in self.input_names)
 
     def stream(self, tensors: Iterable[str], batches: Iterable[dict[str, np.ndarray]],
-               receive: Callable[[str, torch.Tensor], None], batch_statistics: bool = False):
+               receive: Callable[[str, np.ndarray], None], batch_statistics: bool = False):
         """Run every batch and call receive(tensor, value) for each of `tensors`. With
         batch_statistics, every BatchNormalization normalizes with the batch's own statistics."""
         names = [n for n in dict.fromkeys(tensors) if n not in self.input_names]
@@ -143,12 +151,9 @@ class RuntimeNetwork:
         for feeds in batches:
             values = dict(zip(names, run(None, {n: feeds[n] for n in self.input_names}, sess))) if names else {}
             for name in fed:
-                receive(name, self.tensor(feeds[name]))
+                receive(name, np.asarray(feeds[name]))
             for name in names:
-                receive(name, self.tensor(values[name]))
-
-    def tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+                receive(name, values[name])
 
     def _session(self, names: tuple[str, ...], batch_statistics: bool):
         key = (names, batch_statistics)

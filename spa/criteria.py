@@ -177,7 +177,7 @@ class ObspaCriterion(Criterion):
         return None  # it ranks by its own costs: aggregate and normalize do not apply
 
     def scores(self, analysis: Analysis, groups: list[Group], context: ScoringContext) -> dict[int, np.ndarray]:
-        from .obspa import Obspa  # torch, imported only when asked for
+        from .obspa import Obspa  # imported only when asked for
 
         context.close()  # a surgeon of an earlier round
         surgeon = Obspa(analysis, calib=context.calib, seed=context.seed, batch_size=context.batch_size,

@@ -7,6 +7,7 @@
   the model has BatchNormalization layers, a penalty that pulls each BN layer's batch statistics
   toward its running statistics (as in DeepInversion, Yin et al., CVPR 2020). Activations of such
   inputs are much closer to those of real data than noise's, which is what the Hessians need.
+  It needs gradients, so PyTorch (imported by `invert` only).
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import sys
 
 import numpy as np
 import onnx
-import torch
-import torch.nn.functional as F
 from onnx import helper
 from tqdm import tqdm
 
@@ -66,6 +65,9 @@ def invert(network: Network, start: Calibration, steps: int = 50, lr: float = 0.
     cross-entropy. tv on the BN-folded digits models, accuracy at 70% / 50% FLOPs (3 seeds):
     ResNet 0.986 / 0.970 at 0.1, 0.990 / 0.986 at 1, 0.991 / 0.985 at 3; MobileNetV2 0.956 / 0.575,
     0.976 / 0.601, 0.979 / 0.855 (the 50% point varies a lot between seeds); 10 was worse."""
+    import torch
+    import torch.nn.functional as F
+
     count = classes(network.graph)
     if count is None:
         raise SpaError("input inversion needs a classifier: a first output of shape (batch, classes)")
@@ -104,7 +106,7 @@ def _first(outputs):
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
 
-def _total_variation(x: torch.Tensor) -> torch.Tensor:
+def _total_variation(x):
     """Mean absolute difference of neighbours along every spatial axis (axes 2 and up)."""
     if x.dim() < 3:
         return x.new_zeros(())
@@ -117,16 +119,16 @@ class _BatchNormStatistics:
     std|| of its input batch (relative to the running std) to `losses`."""
 
     def __init__(self, network: Network):
-        self.losses: list[torch.Tensor] = []
+        self.losses: list = []  # torch scalars
         self.handles = [m.register_forward_pre_hook(self._hook) for m in network.batchnorms]
 
     def _hook(self, module, args):
         x = args[0]
         axes = [a for a in range(x.dim()) if a != 1]
         mean, var = x.mean(axes), x.var(axes, unbiased=False)
-        scale = torch.sqrt(module.running_var + module.eps)
-        self.losses.append(torch.linalg.vector_norm((mean - module.running_mean) / scale)
-                           + torch.linalg.vector_norm((torch.sqrt(var + module.eps) - scale) / scale))
+        scale = (module.running_var + module.eps).sqrt()
+        self.losses.append(((mean - module.running_mean) / scale).norm()
+                           + (((var + module.eps).sqrt() - scale) / scale).norm())
 
     def close(self):
         for h in self.handles:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import spa
 from spa import obspa, synthetic
+from spa.obspa import hessians
 from spa.activations import Network, RuntimeNetwork
 from spa.api import apply
 from spa.errors import SpaError
@@ -131,6 +132,27 @@ def test_conv_compensation_is_the_least_squares_optimum(attrs, pads):
     assert error == pytest.approx(best_error, rel=1e-4)
 
 
+@pytest.mark.parametrize("shape, attrs, pads", [
+    ((2, 3, 9, 8), dict(strides=[2, 1], pads=[0, 1, 2, 0]), [0, 1, 2, 0]),
+    ((2, 3, 9, 8), dict(auto_pad="SAME_LOWER", strides=[2, 3], dilations=[1, 2]), [1, 2, 1, 1]),
+    ((2, 3, 7, 7), dict(auto_pad="VALID", dilations=[2, 2]), [0, 0, 0, 0]),
+    ((2, 4, 11), dict(strides=[2], pads=[1, 2], dilations=[2]), [1, 2]),
+    ((2, 4, 11), dict(auto_pad="SAME_UPPER", strides=[3]), [0, 1]),
+])
+def test_unfolded_conv_inputs_are_torchs_unfold(shape, attrs, pads):
+    """The numpy unfold OBSPA builds Hessians from gives torch's F.unfold rows, 1-D and 2-D, with
+    explicit and automatic pads (begins, then ends), strides and dilations."""
+    x = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    kernel = (3,) * (len(shape) - 2)
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=list(kernel), **attrs)
+    rows = np.concatenate(list(hessians.row_chunks(node, x, kernel)))
+    n = len(kernel)
+    strides, dilations = attrs.get("strides", [1] * n), attrs.get("dilations", [1] * n)
+    if n == 1:  # torch's unfold is 2-D: a height of 1
+        x, kernel, pads, strides, dilations = x[:, :, None], (1, 3), [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
+    np.testing.assert_array_equal(rows, conv_features(x, kernel, strides, dilations, pads))
+
+
 def model_upto_hidden(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with the first conv's output as the output."""
     hidden = onnx.ModelProto()
@@ -213,9 +235,9 @@ def test_onnxruntime_streams_what_the_torch_copy_computes(exports, batch_statist
     tensors = [n.input[0] for n in graph.nodes if n.op_type == "Conv"][1:4] + [graph.nodes[-1].output[0]]
     batches = [random_inputs(graph.model, batch=4, seed=s) for s in range(2)]
     seen = {}
-    for network in (RuntimeNetwork(graph, "cpu"), Network(graph, "cpu")):
+    for network in (RuntimeNetwork(graph), Network(graph, "cpu")):
         got = []
-        network.stream(tensors, batches, lambda name, value: got.append((name, value.cpu().numpy())), batch_statistics)
+        network.stream(tensors, batches, lambda name, value: got.append((name, value)), batch_statistics)
         seen[type(network).__name__] = sorted(got, key=lambda item: item[0])
     assert [n for n, _ in seen["RuntimeNetwork"]] == [n for n, _ in seen["Network"]]
     for (_, a), (_, b) in zip(seen["RuntimeNetwork"], seen["Network"]):

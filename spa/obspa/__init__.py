@@ -21,8 +21,8 @@ their input channels, and the cost of those channels is measured at the next lay
 projection of a MobileNet block).
 
 Hessians. For each layer, H = E[x x^T] over its unfolded inputs x, accumulated in float64 batch by
-batch while inputs stream through a torch copy of the model (spa.activations; the GPU when there
-is one). Layers are taken in topological order in chunks whose Hessians fit `memory` bytes; one
+batch while the model runs in onnxruntime with the layers' inputs tapped (spa.activations); the
+math is numpy and LAPACK (scipy), PyTorch is needed only for the data-free inversion. Layers are taken in topological order in chunks whose Hessians fit `memory` bytes; one
 forward pass per chunk, stopped after the chunk's last layer. A finished Hessian is kept as its
 damped inverse (H + lambda I)^-1, lambda = `damp` x mean(diag H), and when they do not all fit
 `memory` they wait on disk. So memory is about `memory` (at least the largest Hessian), never all
@@ -70,13 +70,13 @@ import sys
 
 import networkx as nx
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .. import synthetic
-from ..activations import Network, RuntimeNetwork, default_device
+from ..activations import Network, RuntimeNetwork
 from ..calib import load_calibration
 from ..errors import SpaError
+from ..extras import missing
 from ..groups import Analysis, Group
 from ..metrics import count_flops
 from .hessians import HessianStore, Moments, row_chunks
@@ -104,7 +104,8 @@ class Obspa:
     for data-free, where `data_free` says how inputs are made (DATA_FREE): `samples` of them,
     inverted for `inversion_steps`. damp: dampening as a fraction of the mean of diag H; memory:
     bytes of Hessians held at once; max_steps: removal steps per group in the greedy order (a
-    group of more units removes ceil(units / max_steps) per step).
+    group of more units removes ceil(units / max_steps) per step). device: where the torch copy of
+    the model runs for the inversion (None: the GPU when there is one).
     """
 
     def __init__(self, analysis: Analysis, calib=None, data_free: str = "auto", samples: int = DEFAULT_SAMPLES,
@@ -126,7 +127,7 @@ class Obspa:
         self.memory = memory
         self.inversion_steps = inversion_steps
         self.max_steps = max_steps
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = device  # where the torch copy for the inversion runs (None: the GPU when there is one)
         self.seed = seed
         self.progress = progress
         self.layers = find_layers(analysis, analysis.prunable)
@@ -154,7 +155,7 @@ class Obspa:
     def _hessians(self):
         if self.store is not None:
             return
-        network = RuntimeNetwork(self.graph, self.device)
+        network = RuntimeNetwork(self.graph)
         batches, batch_statistics = self._inputs(network)
         self._batches = (batches, batch_statistics)  # kept for the sequential compensation's passes
         sizes = [layer.size(self.graph) ** 2 * 8 for layer in self.layers]
@@ -177,20 +178,24 @@ class Obspa:
         method = self.data_free if self.data_free != "auto" else self._automatic(network)
         if "batchnorm" in method and not network.batchnorms:
             raise SpaError(f"data-free input generation '{method}' needs BatchNormalization layers; the model has none")
-        self.inputs_used = method
-        if self.progress:
-            print(f"OBSPA: data-free inputs: {method} ({self.samples} samples)", file=sys.stderr)
         data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed, self.input_shapes)
         if "inversion" in method:
             try:  # the inversion needs gradients: the model in torch
                 torch_network = Network(self.graph, self.device)
-            except SpaError as e:
+            except (SpaError, ImportError) as e:
+                if isinstance(e, ImportError) and (self.data_free != "auto" or not missing(e)):
+                    raise  # asked for by name, or a broken install: the caller says which extra
                 method = "batchnorm" if network.batchnorms else "gaussian"
-                self.inputs_used = method
-                self.notes.append(f"OBSPA: data-free inversion needs the model in PyTorch ({e}); used {method} inputs")
+                why = "PyTorch is not installed" if isinstance(e, ImportError) else f"the model is not in PyTorch ({e})"
+                self.notes.append(f"OBSPA: data-free inversion needs gradients and {why}; used {method} inputs")
             else:
                 data = synthetic.invert(torch_network, data, steps=self.inversion_steps, batch_size=self.batch_size,
                                         progress=self.progress)
+        self.inputs_used = method
+        if self.progress:
+            print(f"OBSPA: data-free inputs: {method} ({self.samples} samples)", file=sys.stderr)
+            for note in self.notes:
+                print(note, file=sys.stderr)
         return [inputs for inputs, _ in data.batches(self.batch_size)], "batchnorm" in method
 
     def _automatic(self, network: RuntimeNetwork) -> str:
@@ -223,23 +228,23 @@ class Obspa:
             matrix = self._matrix(layer)
             self.output_energy[layer.weight] = max(float(((matrix @ hessian) * matrix).sum()), 1e-30)
             features = hessian.shape[0] - (layer.bias is not None)
-            self.store.put(layer.weight, damped_inverse(hessian, self.damp, features).cpu().numpy())
+            self.store.put(layer.weight, damped_inverse(hessian, self.damp, features))
         for group in fallback:
             shares = []
             for k, member in enumerate(group.members):
                 if (group.id, k) in sums:
-                    energy = sums[group.id, k].cpu().numpy()
+                    energy = sums[group.id, k]
                     per_unit = np.add.reduceat(energy[member.indices], member.offsets[:-1])
                     shares.append(per_unit / max(energy.sum(), 1e-30))
             self.shares[group.id] = np.mean(shares, axis=0) if shares else np.zeros(group.units)
 
     def _accumulate(self, network: RuntimeNetwork, layers: list[Layer], fallback: list[Group], batches,
-                    batch_statistics: bool) -> tuple[dict[str, torch.Tensor], dict]:
-        """The layers' Hessians E[x x^T] (weight -> tensor) and the fallback groups' channel
+                    batch_statistics: bool) -> tuple[dict[str, np.ndarray], dict]:
+        """The layers' Hessians E[x x^T] (weight -> matrix) and the fallback groups' channel
         energies, from one forward pass of `network` over all batches."""
         graph = self.graph
-        moments = {layer.weight: Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None,
-                                          network.device) for layer in layers}
+        moments = {layer.weight: Moments(layer.size(graph) - (layer.bias is not None), layer.bias is not None)
+                   for layer in layers}
         for m in moments.values():
             self.store.hold(m.nbytes)
         readers: dict[str, list[tuple[Layer, int]]] = {}
@@ -252,24 +257,24 @@ class Obspa:
                 runtime = not member.is_param and not graph.is_constant_derived(member.tensor)
                 if runtime and network.computes(member.tensor):
                     watched.setdefault(member.tensor, []).append((group, k))
-        sums: dict[tuple[int, int], torch.Tensor] = {}
+        sums: dict[tuple[int, int], np.ndarray] = {}
 
-        def receive(tensor: str, value: torch.Tensor):
+        def receive(tensor: str, value: np.ndarray):
             for layer, node in readers.get(tensor, ()):
                 kernel = tuple(graph.value(layer.weight).shape[2:])
                 for rows in row_chunks(graph.nodes[node], value, kernel):
                     moments[layer.weight].add(rows)
             for group, k in watched.get(tensor, ()):
-                axis = group.members[k].axis % value.dim()
-                other = tuple(a for a in range(value.dim()) if a != axis)
-                sums[group.id, k] = sums.get((group.id, k), 0) + value.double().pow(2).sum(other)
+                axis = group.members[k].axis % value.ndim
+                other = tuple(a for a in range(value.ndim) if a != axis)
+                sums[group.id, k] = sums.get((group.id, k), 0) + np.square(value, dtype=np.float64).sum(other)
 
         network.stream(list(readers) + list(watched), batches, receive, batch_statistics)
         self.passes += 1
         hessians = {}
         for layer in layers:
             accumulated = moments.pop(layer.weight)
-            hessians[layer.weight] = torch.as_tensor(accumulated.hessian(), device=self.device)
+            hessians[layer.weight] = accumulated.hessian()
             self.store.hold(-accumulated.nbytes)
         return hessians, sums
 
@@ -289,18 +294,18 @@ class Obspa:
             result[group.id] = greedy_scores(surgeons, group.units, self.max_steps)
         return result
 
-    def _inverse(self, layer: Layer) -> torch.Tensor:
-        return torch.as_tensor(self.store.get(layer.weight), device=self.device)
+    def _inverse(self, layer: Layer) -> np.ndarray:
+        return self.store.get(layer.weight)
 
-    def _matrix(self, layer: Layer) -> torch.Tensor:
+    def _matrix(self, layer: Layer) -> np.ndarray:
         """The layer's matrix with the bias column, rows scaled as a following BatchNorm scales
-        them, as a float64 tensor."""
+        them, in float64."""
         matrix = layer.matrix(self.graph.value(layer.weight))
         if layer.bias is not None:
             name, factor = layer.bias
             bias = self.graph.value(name).astype(np.float64).reshape(-1) / factor
             matrix = np.concatenate([matrix, bias[:, None]], axis=1)
-        return torch.as_tensor(matrix * self._row_scale(layer)[:, None], device=self.device)
+        return matrix * self._row_scale(layer)[:, None]
 
     def _row_scale(self, layer: Layer) -> np.ndarray:
         """gamma / sqrt(var + eps) of the BatchNormalization that reads the layer's output (so that
@@ -348,7 +353,7 @@ class Obspa:
                 for layer in part:
                     new_values.update(self._solved(layer, self._inverse(layer), removed[layer.weight]))
                 continue
-            pruned = RuntimeNetwork(self.graph, self.device, replaced=new_values)
+            pruned = RuntimeNetwork(self.graph, replaced=new_values)
             hessians, _ = self._accumulate(pruned, part, [], batches, batch_statistics)
             for layer in part:
                 features = hessians[layer.weight].shape[0] - (layer.bias is not None)
@@ -375,10 +380,10 @@ class Obspa:
             bands += [[band[i] for i in chunk] for chunk in self._chunks(sizes)]
         return bands
 
-    def _solved(self, layer: Layer, inverse: torch.Tensor, removed: np.ndarray) -> dict[str, np.ndarray]:
+    def _solved(self, layer: Layer, inverse: np.ndarray, removed: np.ndarray) -> dict[str, np.ndarray]:
         """The layer's weight (and bias) once `removed` features are gone and the rest compensate."""
         new = compensated(self._matrix(layer), inverse, removed)
-        new = new.cpu().numpy() / self._row_scale(layer)[:, None]
+        new = new / self._row_scale(layer)[:, None]
         features = new.shape[1] - (layer.bias is not None)
         values = {layer.weight: layer.from_matrix(new[:, :features], self.graph.value(layer.weight))}
         if layer.bias is not None:

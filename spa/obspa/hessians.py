@@ -8,8 +8,7 @@ import tempfile
 
 import numpy as np
 import onnx
-import torch
-import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .layers import attr
 
@@ -34,21 +33,24 @@ def _conv_pads(node: onnx.NodeProto, spatial: tuple, kernel: tuple, strides: lis
     return list(attr(node, "pads", [0] * (2 * n)))
 
 
-def _unfold(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple) -> torch.Tensor:
+def _unfold(node: onnx.NodeProto, x: np.ndarray, kernel: tuple) -> np.ndarray:
     """A Conv's input as rows of (channel, kernel position) features, one row per output position."""
     n = len(kernel)
     strides = list(attr(node, "strides", [1] * n))
     dilations = list(attr(node, "dilations", [1] * n))
     pads = _conv_pads(node, tuple(x.shape[2:]), kernel, strides, dilations)
-    if n == 1:  # a 1-D Conv is a 2-D one over a height of 1
-        x, kernel, pads = x.unsqueeze(2), (1, *kernel), [0, pads[0], 0, pads[1]]
-        strides, dilations = [1, *strides], [1, *dilations]
-    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-    columns = F.unfold(x, tuple(kernel), dilation=tuple(dilations), stride=tuple(strides))  # N, C*K, L
-    return columns.transpose(1, 2).reshape(-1, columns.shape[1])
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[n + a]) for a in range(n)])
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    spatial = tuple(range(2, 2 + n))
+    windows = sliding_window_view(x, extents, axis=spatial)  # N, C, *positions, *extents (a view)
+    windows = windows[(slice(None), slice(None), *(slice(None, None, s) for s in strides),
+                       *(slice(None, None, d) for d in dilations))]
+    # rows: sample and output position; features: channel-major, then kernel position (as the weight)
+    order = (0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
+    return windows.transpose(order).reshape(-1, x.shape[1] * int(np.prod(kernel)))
 
 
-def row_chunks(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple):
+def row_chunks(node: onnx.NodeProto, x: np.ndarray, kernel: tuple):
     """The operator's input as rows of features, a bounded number of elements at a time."""
     if node.op_type == "Gemm":
         yield x
@@ -56,41 +58,42 @@ def row_chunks(node: onnx.NodeProto, x: torch.Tensor, kernel: tuple):
     if node.op_type == "MatMul":
         rows = x.reshape(-1, x.shape[-1])
         step = max(1, ROW_CHUNK // max(rows.shape[1], 1))
-        yield from rows.split(step)
+        for start in range(0, len(rows), step):
+            yield rows[start:start + step]
         return
     per_sample = int(np.prod(x.shape[1:])) * int(np.prod(kernel))  # about the unfolded size of one sample
-    for part in x.split(max(1, ROW_CHUNK // max(per_sample, 1))):
-        yield _unfold(node, part, kernel)
+    step = max(1, ROW_CHUNK // max(per_sample, 1))
+    for start in range(0, len(x), step):
+        yield _unfold(node, x[start:start + step], kernel)
 
 
 class Moments:
     """Running sums of x x^T and of x over one layer's input rows."""
 
-    def __init__(self, features: int, bias: bool, device: torch.device):
-        self.xx = torch.zeros(features, features, dtype=torch.float64, device=device)
-        self.x = torch.zeros(features, dtype=torch.float64, device=device)
+    def __init__(self, features: int, bias: bool):
+        self.xx = np.zeros((features, features))
+        self.x = np.zeros(features)
         self.rows = 0
         self.bias = bias
 
-    def add(self, rows: torch.Tensor):
-        # float32 products (2-3x faster on a CPU) summed in float64; float64 throughout on a GPU
-        rows = rows.double() if rows.is_cuda else rows.float()
-        self.xx += (rows.T @ rows).double()
-        self.x += rows.sum(0, dtype=torch.float64)
+    def add(self, rows: np.ndarray):
+        rows = rows.astype(np.float32, copy=False)  # float32 products (2-3x faster) summed in float64
+        self.xx += rows.T @ rows
+        self.x += rows.sum(0, dtype=np.float64)
         self.rows += rows.shape[0]
 
     def hessian(self) -> np.ndarray:
         """E[x x^T], with the bias's constant input as the last feature when there is one."""
         rows = max(self.rows, 1)
-        h = (self.xx / rows).cpu().numpy()
+        h = self.xx / rows
         if not self.bias:
             return h
-        mean = (self.x / rows).cpu().numpy()
+        mean = self.x / rows
         return np.block([[h, mean[:, None]], [mean[None, :], np.ones((1, 1))]])
 
     @property
     def nbytes(self) -> int:
-        return self.xx.numel() * 8
+        return self.xx.nbytes
 
 
 class HessianStore:
