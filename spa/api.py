@@ -1,6 +1,7 @@
 """The Python API: analyze a model, prune it, and report what changed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -12,13 +13,14 @@ from .calib import load_calibration
 from .conform import check_opset, default_opset, restore
 from .criteria import DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION, Criterion, ScoringContext, get_criterion
 from .errors import SpaError
-from .graph import Graph
+from .graph import Graph, shapes_at
 from .groups import Analysis, analyze
 from .hardware import group_multiple
 from .inputs import choose_shapes
 from .lineage import Lineage
 from .metrics import count_flops, count_params, file_size
 from .rewrite import RewriteError, rewrite, validate
+from .runtime import latency, random_inputs
 from .targets import Selection, Target, check_ratio, check_round_to, choose
 
 
@@ -74,7 +76,9 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
           normalize: str = DEFAULT_NORMALIZATION, calib=None, pseudo_labels: bool = False, batch_size: int = DEFAULT_BATCH,
           progress: bool = False, head_ratio: float | None = None, hidden_ratio: float | None = None,
           obspa: dict | None = None, input_shapes: dict | None = None,
-          opset: int | None = None, erase: int | None = None, erase_flops: float | None = None) -> tuple[onnx.ModelProto, Report]:
+          opset: int | None = None, erase: int | None = None, erase_flops: float | None = None,
+          target_latency: float | None = None, batch: int = 1, threads: int | None = None,
+          provider: str = "CPUExecutionProvider") -> tuple[onnx.ModelProto, Report]:
     """Prune a model and return the pruned ModelProto (checked with onnx.checker, shape inference
     and onnxruntime unless check=False) and a Report.
 
@@ -106,12 +110,18 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
     sizes that run are picked (spa.inputs). The pruned model is written at the input's opset, or
     at `opset`. A group whose removal cannot be rewritten, or breaks the final check, is blocked
     with the reason and the rest pruned again.
+    `target_latency` L prunes until onnxruntime's latency is L times the original's, at `batch`
+    with `threads` on `provider`, predicted by the per-layer latency model (spa.latency) while
+    choosing, with scores weighed against the latency each channel costs; the result is then
+    timed side by side with the original (report.latency: predicted and measured ratios), and
+    where it measures more than LATENCY_TOLERANCE over L the choice is made once more against
+    the measured ratio.
     `erase` (N structures) or `erase_flops` (F of the FLOPs) first erases whole structures
     (spa.erase), then prunes the channels of what is left; a FLOPs or parameter target stays a
     fraction of the original model, so the channels make up what erasing left to do. The
     report's before figures are the original's, and `erased` lists the structures.
     """
-    target = Target.from_options(ratio, target_flops, target_params)
+    target = Target.from_options(ratio, target_flops, target_params, target_latency)
     round_to = check_round_to(round_to)
     if scope is None:
         scope = "global" if target.kind != "ratio" or isomorphic else "local"
@@ -123,6 +133,9 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
     _count(batch_size, "--calib-batch")
     check_opset(opset)
     own_ratios = _own_ratios(head_ratio, hidden_ratio)
+    if target.kind == "latency" and (selection.steps > 1 or erase is not None or erase_flops is not None):
+        raise SpaError("--target-latency prunes the channels in one step, with no --steps or --erase")
+    _count(batch, "--batch")
     graph = source = Graph.load(model)
     erased = None
     if erase is not None or erase_flops is not None:
@@ -134,11 +147,16 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
     scoring = dict(seed=seed, aggregate=aggregate, normalize=normalize, calib=calib, pseudo_labels=pseudo_labels,
                    batch_size=batch_size, progress=progress, input_shapes=shapes, options=dict(obspa or {}))
     original = analyze(graph, keep=keep, carrier=carrier)
+    timing = first = None  # first: the latency target's first choice, while it is chosen again
+    if target.kind == "latency":
+        from .latency import LatencyModel
+
+        timing = LatencyModel(graph, shapes, batch, threads, provider)
     settings = dict(criterion=crit.name, ratio=target.value if target.kind == "ratio" else 0.0, scope=scope,
                     round_to=round_to, shapes=shapes, opset=opset, notes=[shape_note] if shape_note else [])
     while True:
         with ScoringContext(**scoring) as context:  # a compensating criterion's state lives until compensation
-            chosen = _select(original, selection, crit, context, exact, keep, own_ratios)
+            chosen = _select(original, selection, crit, context, exact, keep, own_ratios, timing)
             new_values = crit.compensation(original, chosen, context) if crit.compensates else None
         try:
             pruned, report = apply(original, chosen, check=check, new_values=new_values,
@@ -147,11 +165,45 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
             for g in failed.groups:
                 original.groups[g].block(failed.reason, failed.code)
             continue
+        if timing is not None:
+            report.latency = _timed(graph.model, pruned, timing, selection.target.value)
+            measured = report.latency["measured_ratio"]
+            if first is None and abs(measured - target.value) > target.value * LATENCY_TOLERANCE:
+                # the model's rest (element-wise work, per-run costs) shrank otherwise than predicted:
+                # aim once more, at what the measured ratio says the prediction misses
+                first = pruned, report
+                aim = min(1.0, target.value * report.latency["predicted_ratio"] / measured)
+                selection = dataclasses.replace(selection, target=Target("latency", aim))
+                continue
+            if first is not None:
+                pruned, report = _closest_under([first, (pruned, report)], target.value * (1 + LATENCY_TOLERANCE))
         if erased is not None:  # the before figures are the original's
             report.erased, report.notes = erased.erased, erased.notes + report.notes
             report.params_before, report.flops_before = erased.params_before, erased.flops_before
             report.size_before = file_size(source.model) if source.path is None else _size_on_disk(source)
         return pruned, report
+
+
+LATENCY_TOLERANCE = 0.05  # a measured latency this far over the target is chosen again, once
+
+
+def _closest_under(results: list[tuple], limit: float) -> tuple:
+    """Of (model, report) results timed against a latency target, the slowest that measured
+    within `limit`; where none did, the fastest."""
+    ratio = lambda result: result[1].latency["measured_ratio"]  # noqa: E731
+    under = [r for r in results if ratio(r) <= limit]
+    return max(under, key=ratio) if under else min(results, key=ratio)
+
+
+def _timed(original: onnx.ModelProto, pruned: onnx.ModelProto, timing, aimed: float) -> dict:
+    """The pruned and the original model timed side by side at the latency model's settings,
+    with the ratio the model predicted for the choice and the one measured."""
+    feeds = random_inputs(original, shapes=timing.shapes)
+    before, after = latency([original, pruned], feeds, threads=timing.threads, provider=timing.provider)
+    return {"before": before, "after": after, "batch": next(iter(timing.shapes.values()))[0],
+            "threads": timing.threads, "provider": timing.provider, "aimed_ratio": aimed,
+            "predicted_ratio": timing.predict_shapes(shapes_at(pruned, timing.shapes)) / timing.original,
+            "measured_ratio": after["median_ms"] / before["median_ms"]}
 
 
 def _erased_first(graph: Graph, blocks, flops, keep, input_shapes, target: Target):
@@ -182,7 +234,7 @@ def _left_small(analysis: Analysis, chosen: dict[int, np.ndarray], selection: Se
 
 
 def _select(original: Analysis, selection: Selection, crit: Criterion, context: ScoringContext, exact: bool,
-            keep, own_ratios) -> dict[int, np.ndarray]:
+            keep, own_ratios, timing=None) -> dict[int, np.ndarray]:
     """Score the prunable groups and choose the units to remove (group id -> unit positions in
     the original), over `selection.steps` rounds."""
     graph = original.graph
@@ -202,13 +254,23 @@ def _select(original: Analysis, selection: Selection, crit: Criterion, context: 
             own = Selection(Target.from_options(kind_ratio), "local", selection.round_to, selection.max_ratio, selection.steps)
             chosen |= choose(analysis, {g.id: scores[g.id] for g in groups if g.kind in kinds}, own, step, units)
         rest = {g.id: scores[g.id] for g in groups if not any(g.kind in kinds for kinds, _ in own_ratios)}
-        chosen |= choose(analysis, rest, selection, step, units, cost, already=chosen)
+        if timing is not None:
+            rest = _per_latency(rest, timing.unit_costs([analysis.groups[g] for g in rest]))
+        chosen |= choose(analysis, rest, selection, step, units, cost, already=chosen, latency_model=timing)
         removed = removed_slices(analysis, chosen)
         lineage.record(removed, analysis.graph)
         if step < selection.steps:
             analysis = analyze(rewrite(analysis.graph, removed, analysis.carrier, digits=analysis.digits),
                                keep=keep, carrier=original.carrier)
     return lineage.removed_units()
+
+
+def _per_latency(scores: dict[int, np.ndarray], unit_costs: dict[int, float]) -> dict[int, np.ndarray]:
+    """Scores divided by the latency one channel of the group costs (relative to the mean over
+    groups), so that channels cheap to lose and dear to run rank lowest; within a group the order
+    is unchanged. A group whose channels cost no measured time keeps its scores."""
+    mean = np.mean([c for c in unit_costs.values() if c > 0] or [1.0])
+    return {g: s / (unit_costs[g] / mean) if unit_costs.get(g, 0) > 0 else s for g, s in scores.items()}
 
 
 def _own_ratios(head_ratio: float | None, hidden_ratio: float | None) -> list[tuple[tuple[str, ...], float]]:

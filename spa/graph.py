@@ -289,6 +289,19 @@ def _check_initializer_sizes(model: onnx.ModelProto):
                            f"({values} values) but holds {held}")
 
 
+def shapes_at(model: onnx.ModelProto, input_shapes: dict[str, tuple]) -> dict[str, tuple | None]:
+    """Every tensor's shape when the model's inputs have these (concrete) shapes."""
+    skeleton = _skeleton(model)
+    for vi in skeleton.graph.input:
+        if vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in input_shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    shapes, _ = _infer_shapes(skeleton)
+    return {name: shape for name, (shape, _) in shapes.items()}
+
+
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model that is cheap to serialize: large initializers become typed graph inputs.
 

@@ -17,7 +17,7 @@ from .protos import SERIALIZABLE_BYTES, model_bytes
 
 
 
-def session(model, threads: int | None = None) -> ort.InferenceSession:
+def session(model, threads: int | None = None, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
     """An onnxruntime CPU session for a ModelProto or a path; SpaError if onnxruntime refuses it.
 
     A bfloat16 model runs as the same graph in float32: onnxruntime's CPU kernels take no bfloat16.
@@ -37,11 +37,11 @@ def session(model, threads: int | None = None) -> ort.InferenceSession:
                     path = os.path.join(tmp, "model.onnx")
                     onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
                     try:
-                        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+                        return ort.InferenceSession(path, options, providers=[provider])
                     finally:  # onnx.save moved the weights out of `model`: bring them back
                         onnx.external_data_helper.load_external_data_for_model(model, tmp)
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model.SerializeToString(), options, providers=[provider])
+        return ort.InferenceSession(os.fspath(model), options, providers=[provider])
     except Exception as e:  # onnxruntime raises its own exception types
         raise SpaError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
 
@@ -129,11 +129,11 @@ def _feedable(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def latency(models: list, feeds: dict[str, np.ndarray] | None = None, warmup: int = 5, repeats: int = 30,
-            threads: int | None = None) -> list[dict]:
-    """Median and 90th-percentile wall time of one run of each model, in milliseconds, after
+            threads: int | None = None, provider: str = "CPUExecutionProvider") -> list[dict]:
+    """Median, 90th-percentile and fastest wall time of one run of each model, in milliseconds, after
     warm-up runs. The models take turns, run after run, so that a change in the machine's load
     weighs on all of them alike and their ratio holds."""
-    sessions = [session(m, threads) for m in models]
+    sessions = [session(m, threads, provider) for m in models]
     if feeds is None:
         first = models[0]
         feeds = random_inputs(first if isinstance(first, onnx.ModelProto) else onnx.load(first, load_external_data=False), batch=1)
@@ -147,5 +147,5 @@ def latency(models: list, feeds: dict[str, np.ndarray] | None = None, warmup: in
             start = time.perf_counter()
             sess.run(None, feeds)
             own.append((time.perf_counter() - start) * 1e3)
-    return [{"median_ms": statistics.median(t), "p90_ms": sorted(t)[int(0.9 * (len(t) - 1))], "runs": repeats}
-            for t in times]
+    return [{"median_ms": statistics.median(t), "p90_ms": sorted(t)[int(0.9 * (len(t) - 1))], "min_ms": min(t),
+             "runs": repeats} for t in times]

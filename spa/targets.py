@@ -33,7 +33,8 @@ taken out (spa.metrics on shrunk shapes, no rewrite), and the smallest r that me
 When that r's last step overshoots, whole multiples are added one by one from the step before
 (Plan._fill). With auto, where that cannot land within FILL_TOLERANCE, or the most that may go in
 whole multiples does not reach the target, halves of multiples, and so on down to single
-channels: the target wins over rounding there too.
+channels: the target wins over rounding there too. A latency target is met the same way, each
+choice costed by the per-layer latency model (spa.latency) instead of counted.
 With steps, step s of n aims at the fraction s/n of the way (ratio * s / n of the channels, or
 1 - (1 - F) * s / n of the FLOPs), counted against the original model.
 """
@@ -52,7 +53,7 @@ from .metrics import count_flops, count_params
 
 SCOPES = ("local", "global")
 FILL_TOLERANCE = 0.01  # a target is met from below, within this fraction where units allow
-TARGET_KINDS = ("ratio", "flops", "params")
+TARGET_KINDS = ("ratio", "flops", "params", "latency")
 
 
 def check_ratio(ratio: float, name: str = "--ratio"):
@@ -135,10 +136,11 @@ class Target:
     value: float
 
     @classmethod
-    def from_options(cls, ratio: float | None = None, flops: float | None = None, params: float | None = None) -> "Target":
-        given = [(kind, v) for kind, v in zip(TARGET_KINDS, (ratio, flops, params)) if v is not None]
+    def from_options(cls, ratio: float | None = None, flops: float | None = None, params: float | None = None,
+                     latency: float | None = None) -> "Target":
+        given = [(kind, v) for kind, v in zip(TARGET_KINDS, (ratio, flops, params, latency)) if v is not None]
         if len(given) > 1:
-            raise SpaError("give only one of --ratio, --target-flops and --target-params")
+            raise SpaError("give only one of --ratio, --target-flops, --target-params and --target-latency")
         kind, value = given[0] if given else ("ratio", 0.0)
         if kind == "ratio":
             check_ratio(value)
@@ -337,10 +339,11 @@ class Plan:
 
 def choose(analysis: Analysis, scores: dict[int, np.ndarray], selection: Selection, step: int = 1,
            original_units: dict[int, int] | None = None, original_cost: dict[str, int] | None = None,
-           already: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+           already: dict[int, np.ndarray] | None = None, latency_model=None) -> dict[int, np.ndarray]:
     """Units to remove (group id -> positions) at `step` of selection.steps. For FLOPs and
     parameter targets, `original_cost` holds the original model's {"flops", "params"} (default:
-    this model's), and `already` the units other groups lose anyway (counted in the cost)."""
+    this model's), and `already` the units other groups lose anyway (counted in the cost). A
+    latency target is costed by `latency_model` (spa.latency.LatencyModel)."""
     plan = Plan(analysis, scores, selection, original_units)
     target = selection.target
     fraction = target.at_step(step, selection.steps)
@@ -351,23 +354,33 @@ def choose(analysis: Analysis, scores: dict[int, np.ndarray], selection: Selecti
             chosen = plan.chosen(fraction)
         return chosen
     already = already or {}
-    original = (original_cost or {}).get(target.kind) or cost_after(analysis, {}, target.kind)
-    chosen, reached = plan.search(lambda c: cost_after(analysis, {**already, **c}, target.kind), fraction * original)
+    if target.kind == "latency":
+        original = latency_model.original
+        chosen, reached = plan.search(lambda c: latency_model.predict(removed_counts(analysis, {**already, **c})),
+                                      fraction * original)
+    else:
+        original = (original_cost or {}).get(target.kind) or cost_after(analysis, {}, target.kind)
+        chosen, reached = plan.search(lambda c: cost_after(analysis, {**already, **c}, target.kind), fraction * original)
     if reached > fraction * original * 1.03:
-        label = "FLOPs" if target.kind == "flops" else "parameters"
+        label = {"flops": "FLOPs", "params": "parameters", "latency": "predicted latency"}[target.kind]
         raise SpaError(f"--target-{target.kind} {target.value:g} is out of reach: pruning every prunable group as far as "
                        f"--max-ratio {selection.max_ratio:g} allows leaves {reached / original:.3f} of the {label}")
     return chosen
 
 
-def cost_after(analysis: Analysis, chosen: dict[int, np.ndarray], kind: str) -> int:
-    """FLOPs or parameters of the model once the chosen units are gone, counted on shrunk shapes."""
+def removed_counts(analysis: Analysis, chosen: dict[int, np.ndarray]) -> dict[tuple[str, int], int]:
+    """(tensor, axis) -> how many of its elements on that axis the chosen units take out."""
     removed: dict[tuple[str, int], int] = {}
     for g, units in chosen.items():
         for m in analysis.groups[g].members:
             key = (m.tensor, m.axis)
             removed[key] = removed.get(key, 0) + int(np.diff(m.offsets)[units].sum())
-    shrunk = _Shrunk(analysis.graph, removed)
+    return removed
+
+
+def cost_after(analysis: Analysis, chosen: dict[int, np.ndarray], kind: str) -> int:
+    """FLOPs or parameters of the model once the chosen units are gone, counted on shrunk shapes."""
+    shrunk = _Shrunk(analysis.graph, removed_counts(analysis, chosen))
     return count_flops(shrunk) if kind == "flops" else count_params(shrunk)
 
 

@@ -20,7 +20,8 @@ def cmd_prune(args) -> int:
     for path in (args.report, args.plot):
         if path:
             check_output_path(path, protected=[args.model, output])
-    targets = {"ratio": args.ratio, "target_flops": args.target_flops, "target_params": args.target_params}
+    targets = {"ratio": args.ratio, "target_flops": args.target_flops, "target_params": args.target_params,
+               "target_latency": args.target_latency}
     if all(v is None for v in targets.values()):
         targets["ratio"] = DEFAULT_RATIO
     pruned, report = prune(
@@ -31,12 +32,12 @@ def cmd_prune(args) -> int:
         head_ratio=args.head_ratio,
         obspa={"data_free": args.data_free, **({"samples": args.samples} if args.samples else {})},
         hidden_ratio=args.hidden_ratio, input_shapes=args.input_shape, opset=args.opset, erase=args.erase,
-        erase_flops=args.erase_flops, **targets,
+        erase_flops=args.erase_flops, batch=args.batch, threads=args.threads, provider=args.provider, **targets,
     )
-    if not args.no_latency:
-        feeds = random_inputs(pruned, batch=1, shapes=report.input_shapes)
-        before, after = latency([args.model, pruned], feeds)
-        report.latency = {"before": before, "after": after}
+    if not args.no_latency and not report.latency:  # a latency target has timed them already
+        feeds = random_inputs(pruned, batch=args.batch, shapes=report.input_shapes)
+        before, after = latency([args.model, pruned], feeds, threads=args.threads, provider=args.provider)
+        report.latency = {"before": before, "after": after, "batch": args.batch}
     save_model(pruned, output, protected=[args.model])
     for note in report.notes:
         print(note)
@@ -45,6 +46,10 @@ def cmd_prune(args) -> int:
         from .erase import erased_table
 
         print("\n" + erased_table(report.erased))
+    if args.target_latency is not None:
+        timed = report.latency
+        print(f"\nlatency: {timed['measured_ratio']:.3f} of the original measured side by side (target "
+              f"{args.target_latency:g}; the per-layer model predicted {timed['predicted_ratio']:.3f})")
     for kind, label, before, after in (("target_flops", "FLOPs", report.flops_before, report.flops_after),
                                        ("target_params", "parameters", report.params_before, report.params_after)):
         if targets[kind] is not None and before:
@@ -82,7 +87,7 @@ def slower_warning(report, round_to, layers: list[dict]) -> str:
     channel counts miss the multiples onnxruntime's kernels work in (spa.hardware), and what to try."""
     b, a = report.latency["before"]["median_ms"], report.latency["after"]["median_ms"]
     lines = ["", "WARNING: the pruned model is " + ("SLOWER than" if a > b else "no faster than") +
-             f" the original here: {a:.3f} ms against {b:.3f} ms ({a / b:.2f}x the time, batch 1)."]
+             f" the original here: {a:.3f} ms against {b:.3f} ms ({a / b:.2f}x the time, batch {report.latency.get('batch', 1)})."]
     if layers:
         lines.append("  layers whose pruned channel counts miss the multiple onnxruntime's CPU kernels work in, "
                      "most FLOPs first:")
@@ -117,7 +122,7 @@ def prune_table(report) -> str:
         rows.append(["structures erased", "", str(len(report.erased)), ""])
     if report.latency:
         b, a = report.latency["before"]["median_ms"], report.latency["after"]["median_ms"]
-        rows.append(["latency, batch 1 (ms)", f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x speed-up" if a else "-"])
+        rows.append([f"latency, batch {report.latency.get('batch', 1)} (ms)", f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x speed-up" if a else "-"])
     return table(rows, ["", "before", "after", "change"])
 
 
@@ -136,6 +141,14 @@ def add_parser(subparsers) -> None:
                    help="prune until FLOPs are F times the original's, F in (0, 1] (e.g. 0.5)")
     p.add_argument("--target-params", type=ratio, default=None, metavar="P",
                    help="prune until parameters are P times the original's, P in (0, 1]")
+    p.add_argument("--target-latency", type=ratio, default=None, metavar="L",
+                   help="prune until onnxruntime's latency here is L times the original's (per-layer latency model, "
+                        "each layer shape timed once and cached; the result timed side by side to confirm)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size latency is measured at (default 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="onnxruntime threads latency is measured with (default: onnxruntime's choice)")
+    p.add_argument("--provider", default="CPUExecutionProvider",
+                   help="onnxruntime execution provider latency is measured on (default CPUExecutionProvider)")
     p.add_argument("--steps", type=int, default=1, metavar="N",
                    help="prune in N rounds toward the ratio or target, re-scoring the pruned model between rounds")
     p.add_argument("--criterion", default="l1",
