@@ -395,3 +395,72 @@ def test_zoo_models_train_and_prune_exactly(exports, name):
     result = job.prune(feeds)
     assert result.max_relative_error <= 1e-5
     assert result.report.params_after < result.report.params_before
+
+
+# ----------------------------------------------------------------------------- FLOPs targets
+@pytest.mark.parametrize("optimizer", ["hspg", "dhspg", "hesso", "ato"])
+def test_target_flops_lands_within_3_percent_for_every_optimizer(mlp, digits, optimizer):
+    from spa.graph import Graph
+    from spa.metrics import count_flops
+
+    data = {"input": digits.x_train, "labels": digits.y_train}
+    pruned, report = train(mlp, data, optimizer=optimizer, target_flops=0.5, epochs=3, log=None)
+    ratio = count_flops(Graph(pruned)) / count_flops(Graph(onnx.load(mlp)))  # measured on the pruned model
+    assert abs(ratio - 0.5) <= 0.03 * 0.5
+    assert report.target_flops == 0.5 and report.target_sparsity is None
+    assert report.flops_ratio == pytest.approx(ratio, rel=1e-6)
+    assert report.max_relative_error <= 1e-5
+
+
+def test_cli_train_ato_to_a_flops_target(mlp, npz, tmp_path, capsys):
+    out = tmp_path / "ato.onnx"
+    code = main(["train", mlp, "--data", str(npz / "train.npz"), "--val", str(npz / "val.npz"), "-o", str(out),
+                 "--optimizer", "ato", "--target-flops", "0.6", "--epochs", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "FLOPs target" in printed and "of 0.6 asked" in printed
+    assert np.isfinite(run(onnx.load(out), {"input": np.zeros((3, 1, 8, 8), np.float32)})[0]).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "ato"], "ato trains to a FLOPs target"),
+    (["--target-flops", "1.5"], "FLOPs target"),
+    (["--target-flops", "0.001"], "out of reach"),
+])
+def test_cli_train_bad_flops_targets_are_one_line_exit_2(mlp, npz, tmp_path, capsys, args, message):
+    assert main(["train", mlp, "--data", str(npz / "train.npz"), "-o", str(tmp_path / "o.onnx"), "--epochs", "1"]
+                + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- a collapsed run
+def test_a_collapsed_run_is_said_on_the_progress_line_and_in_the_report(mlp, digits):
+    from spa.train import GroupSparseOptimizer
+
+    class Scrambler(GroupSparseOptimizer):
+        """The base step, then from step 40 on every row replaced by noise: the model forgets."""
+
+        def update_rows(self, xs, norms, ds, trials, lrs):
+            return [torch.randn_like(t) for t in trials] if self.steps >= 40 else trials
+
+    lines = []
+    data = {"input": digits.x_train, "labels": digits.y_train}
+    val = {"input": digits.x_test, "labels": digits.y_test}
+    _, report = train(mlp, data, val=val, optimizer=Scrambler, epochs=4, log=lines.append)
+    epochs = [line for line in lines if line.startswith("epoch")]
+    assert "COLLAPSED" not in epochs[0] and "COLLAPSED" in epochs[-1]  # 20 steps an epoch: learned, then lost
+    assert len(report.warnings) == 1 and "collapsed at epoch" in report.warnings[0]
+    assert "far below the run's best" in report.warnings[0]
+    assert any(line.startswith("warning: validation accuracy collapsed") for line in lines)
+
+
+def test_collapse_warnings_say_whether_the_run_recovered():
+    from spa.train import collapse_warnings
+
+    history = [{"epoch": 1, "val_accuracy": 0.9, "collapsed": False}, {"epoch": 2, "val_accuracy": 0.2, "collapsed": True},
+               {"epoch": 3, "val_accuracy": 0.95, "collapsed": False}]
+    assert collapse_warnings(history[:1], 0.9) == []
+    [recovered] = collapse_warnings(history, 0.95)
+    assert "collapsed at epoch 2: 20.0% against 90.0%" in recovered and "it recovered" in recovered
+    [lost] = collapse_warnings(history[:2], 0.2)
+    assert "far below the run's best" in lost

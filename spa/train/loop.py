@@ -164,20 +164,24 @@ def collapsed(accuracy: float, best: float) -> bool:
 
 
 def collapse_warnings(history: list[dict], final_accuracy: float | None) -> list[str]:
-    """One line for the first epoch whose validation accuracy collapsed, and one when the pruned
-    model's accuracy is far below the run's best."""
-    warnings = []
+    """What a person should know about a run whose validation accuracy collapsed: the first
+    epoch that fell far below the best before it, and whether the result recovered from it (the
+    pruned model's accuracy, or the last epoch's, against the run's best)."""
     accuracies = [(r["epoch"], r["val_accuracy"]) for r in history if r.get("val_accuracy") is not None]
-    best_epoch, best = max(accuracies, key=lambda pair: pair[1], default=(None, None))
     first = next((r for r in history if r.get("collapsed")), None)
-    if first is not None:
-        best_before = max(a for e, a in accuracies if e < first["epoch"])
-        warnings.append(f"validation accuracy collapsed at epoch {first['epoch']}: {first['val_accuracy'] * 100:.1f}% "
-                        f"against {best_before * 100:.1f}% before it (try a smaller --lr or --lmbda)")
-    if final_accuracy is not None and best is not None and collapsed(final_accuracy, best):
-        warnings.append(f"the pruned model's validation accuracy {final_accuracy * 100:.1f}% is far below the run's "
-                        f"best, {best * 100:.1f}% at epoch {best_epoch}")
-    return warnings
+    if first is None and not (final_accuracy is not None and accuracies
+                              and collapsed(final_accuracy, max(a for _, a in accuracies))):
+        return []
+    best_epoch, best = max(accuracies, key=lambda pair: pair[1])
+    final = final_accuracy if final_accuracy is not None else accuracies[-1][1]
+    outcome = (f"the result is far below the run's best ({final * 100:.1f}% against {best * 100:.1f}% at epoch "
+               f"{best_epoch}): try a smaller --lr or --lmbda") if collapsed(final, best) else \
+        f"it recovered ({final * 100:.1f}% at the end, the best {best * 100:.1f}% at epoch {best_epoch})"
+    if first is None:
+        return [outcome[0].upper() + outcome[1:]]
+    before = max(a for e, a in accuracies if e < first["epoch"])
+    return [f"validation accuracy collapsed at epoch {first['epoch']}: {first['val_accuracy'] * 100:.1f}% against "
+            f"{before * 100:.1f}% before it; {outcome}"]
 
 
 def _batches_per_epoch(samples: int, batch: int) -> int:
@@ -275,7 +279,8 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhsp
     steps = epochs * _batches_per_epoch(len(train_data), batch)
     start_step = int(start_pruning * steps)
     settings = dict(lr=TRAIN_LR[base] if lr is None else lr, base=base, epsilon=epsilon, start_step=start_step,
-                    lmbda=TRAIN_LMBDA[base] if lmbda is None else lmbda, weight_decay=weight_decay)
+                    lmbda=(optimizer_class.train_lmbda or TRAIN_LMBDA)[base] if lmbda is None else lmbda,
+                    weight_decay=weight_decay)
     target = {"target_flops": target_flops, "flops": job.flops} if target_flops is not None else {}
     opt = optimizer_class(job.module.parameters(), job.groups, target_sparsity=target_sparsity, **target, **settings)
     if log:

@@ -105,6 +105,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
     """
 
     name = "group_sparse"  # what reports and logs call it (the registry's key for built-in ones)
+    train_lmbda: dict | None = None  # lambda per base that `train` uses unless told (None: loop.TRAIN_LMBDA)
     holdout = 0.0  # the fraction of the training data `train` holds out for the optimizer's own use (bind)
 
     def bind(self, module: torch.nn.Module, held_out, loss: Callable) -> None:
