@@ -139,7 +139,7 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
     graph = source = Graph.load(model)
     erased = None
     if erase is not None or erase_flops is not None:
-        graph, erased, target = _erased_first(graph, erase, erase_flops, keep, input_shapes, target)
+        graph, erased, target = _erased_first(graph, erase, erase_flops, keep, input_shapes, target, calib)
         selection = Selection(target, scope, round_to, max_ratio, selection.steps, isomorphic)
     shapes, shape_note = choose_shapes(graph.model, input_shapes)
     if calib is not None and crit.uses_data:
@@ -206,14 +206,15 @@ def _timed(original: onnx.ModelProto, pruned: onnx.ModelProto, timing, aimed: fl
             "measured_ratio": after["median_ms"] / before["median_ms"]}
 
 
-def _erased_first(graph: Graph, blocks, flops, keep, input_shapes, target: Target):
+def _erased_first(graph: Graph, blocks, flops, keep, input_shapes, target: Target, calib=None):
     """The model with the structures erased (spa.erase), its erase report, and the target for its
     channels: a FLOPs or parameter target of the original, as a fraction of the erased model."""
     from .erase import erase as erase_structures
 
     if blocks is not None and flops is not None:
         raise SpaError("give either --erase or --erase-flops")
-    model, erased = erase_structures(graph, blocks=blocks, target_flops=flops, keep=keep, input_shapes=input_shapes)
+    model, erased = erase_structures(graph, blocks=blocks, target_flops=flops, keep=keep, input_shapes=input_shapes,
+                                     calib=calib)
     if target.kind != "ratio":
         before, after = ((erased.flops_before, erased.flops_after) if target.kind == "flops"
                          else (erased.params_before, erased.params_after))

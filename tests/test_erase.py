@@ -111,6 +111,24 @@ def test_target_flops_erases_least_important_first():
     assert_oracle(model, erased, report)
 
 
+def test_calibration_inputs_score_structures():
+    """With --calib, importance is measured on the user's inputs: the same inputs the data-free
+    mode makes give the same scores, and other inputs other scores; the oracle holds either way."""
+    from spa.erase.scoring import SAMPLES
+
+    model = tiny_model()
+    _, free = erase(model, blocks=1)
+    synthetic = np.concatenate([random_inputs(model, batch=1, seed=s)["x"] for s in range(SAMPLES)])
+    _, same = erase(model, blocks=1, calib={"x": synthetic})
+    assert same.inputs == "calibration" and free.inputs == "data-free"
+    assert same.erased[0]["score"] == pytest.approx(free.erased[0]["score"], rel=1e-9)
+    erased, shifted = erase(model, blocks=1, calib={"x": synthetic + 3.0})
+    assert shifted.erased[0]["score"] != pytest.approx(free.erased[0]["score"], rel=1e-3)
+    assert_oracle(model, erased, shifted)
+    with pytest.raises(spa.SpaError, match="array 'y' is not an input of the model"):
+        erase(model, blocks=1, calib={"y": synthetic})
+
+
 def test_too_many_blocks():
     with pytest.raises(spa.SpaError, match="only 2 erasable"):
         erase(tiny_model(), blocks=3)

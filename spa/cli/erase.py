@@ -13,7 +13,7 @@ def cmd_erase(args) -> int:
     if args.report:
         check_output_path(args.report, protected=[args.model, output])
     erased, report = erase(args.model, blocks=args.blocks, target_flops=args.target_flops, keep=args.keep,
-                           input_shapes=args.input_shape)
+                           input_shapes=args.input_shape, calib=args.calib)
     rows = [before_after("parameters", report.params_before, report.params_after),
             before_after("FLOPs (MACs)", report.flops_before, report.flops_after),
             ["structures", "", f"{len(report.erased)} erased of {report.structures}", ""]]
@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
     target.add_argument("--target-flops", type=ratio, metavar="F",
                         help="erase least important first until FLOPs are at most F times the original's")
     p.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="node or tensor names never to erase")
+    p.add_argument("--calib", metavar="FILE.npz",
+                   help="measure importance on these inputs (an array per model input, by name; no labels needed) "
+                        "instead of synthetic ones")
     p.add_argument("--report", metavar="OUT.json", help="write the report as JSON")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
     p.set_defaults(run=cmd_erase)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from ..calib import load_calibration
 from ..conform import default_opset, restore
 from ..errors import SpaError
 from ..graph import Graph
@@ -34,17 +35,20 @@ class EraseReport:
     opset: dict = field(default_factory=dict)
     input_shapes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    inputs: str = "data-free"  # what importance was measured on: "data-free" or "calibration"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def erase(model, blocks: int | None = None, target_flops: float | None = None, keep=(),
-          input_shapes: dict | None = None) -> tuple[onnx.ModelProto, EraseReport]:
+          input_shapes: dict | None = None, calib=None) -> tuple[onnx.ModelProto, EraseReport]:
     """Erase the least important removal structures of `model` (a path, ModelProto or Graph):
     exactly `blocks` of them, or as many as it takes to reach `target_flops` times the original
     FLOPs (or until none is left). Names in `keep` (nodes or tensors) protect the structures they
-    are in. Returns the erased model (at the input's opset) and its report."""
+    are in. Importance is measured on `calib` (an .npz path or a dict of arrays by input name; no
+    labels needed) or, without it, data-free (see scoring). Returns the erased model (at the
+    input's opset) and its report."""
     if (blocks is None) == (target_flops is None):
         raise SpaError("give either a number of blocks or a FLOPs target to erase")
     if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0):
@@ -52,13 +56,14 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
     if target_flops is not None and not 0 < target_flops <= 1:
         raise SpaError(f"--target-flops {target_flops}: give a fraction in (0, 1]")
     graph = Graph.load(model)
+    calibration = load_calibration(calib, graph.model) if calib is not None else None
     shapes, note = choose_shapes(graph.model, input_shapes)
     structures = find_structures(graph)
     erasable = [s for s in structures if not _kept(graph, s, set(keep))]
     if blocks is not None and blocks > len(erasable):
         raise SpaError(f"--blocks {blocks}: the model has only {len(erasable)} erasable structure(s)"
                        + (f" ({len(structures) - len(erasable)} kept)" if len(erasable) < len(structures) else ""))
-    scores = score(graph, erasable, shapes)
+    scores = score(graph, erasable, shapes, calibration)
     flops_before = count_flops(graph)
     chosen = _choose(graph, sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
     erased = erase_structures(graph, chosen)
@@ -74,6 +79,7 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
         opset={"input": graph.origin.opset, "analyzed": graph.opset, "written": default_opset(written)},
         input_shapes={n: list(s) for n, s in shapes.items()},
         notes=[n for n in (note, restore_note) if n],
+        inputs="calibration" if calibration is not None else "data-free",
     )
     return written, report
 

@@ -1,24 +1,27 @@
-"""Data-free importance of a structure: the relative error its removal causes at its join.
+"""Importance of a structure: the relative error its removal causes at its join.
 
-Its join outputs other + branch; erased, it outputs other. On SPA's synthetic inputs (random
-normal feeds at the sizes spa.inputs picks), the score is ||branch|| / ||other + branch||
-("block influence" in depth pruning). The lowest score goes first.
+Its join outputs other + branch; erased, it outputs other. The score is ||branch|| / ||other +
+branch|| summed over the inputs ("block influence" in depth pruning), on the user's own inputs
+(`calib`, no labels needed) or, data-free, on SPA's synthetic inputs (random normal feeds at the
+sizes spa.inputs picks). The lowest score goes first.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..activations import RuntimeNetwork
+from ..calib import Calibration
 from ..graph import Graph
 from ..runtime import random_inputs
 from .structures import Structure
 
-SAMPLES = 4  # synthetic batches the error is summed over
+SAMPLES = 4  # synthetic batches the error is summed over, data-free
+BATCH = 32  # calibration samples per run
 
 
-def score(graph: Graph, structures: list[Structure], shapes: dict | None = None) -> dict[int, float]:
+def score(graph: Graph, structures: list[Structure], shapes: dict | None = None,
+          calib: Calibration | None = None) -> dict[int, float]:
     """Structure id -> relative error at its join when it alone is erased."""
-    from ..activations import RuntimeNetwork
-
     if not structures:
         return {}
     values: dict[str, np.ndarray] = {}
@@ -27,11 +30,14 @@ def score(graph: Graph, structures: list[Structure], shapes: dict | None = None)
     def receive(name, value):
         values[name] = np.asarray(value, dtype=np.float64)
 
+    if calib is not None:
+        batches = [inputs for inputs, _ in calib.batches(BATCH)]
+    else:
+        batches = [random_inputs(graph.model, batch=1, shapes=shapes, seed=seed) for seed in range(SAMPLES)]
     tapped = [graph.nodes[s.join].output[0] for s in structures] + [s.other for s in structures]
     network = RuntimeNetwork(graph)
-    for seed in range(SAMPLES):
-        network.stream(
-            tapped, [random_inputs(graph.model, batch=1, shapes=shapes, seed=seed)], receive)
+    for batch in batches:
+        network.stream(tapped, [batch], receive)
         for s in structures:
             joined = values[graph.nodes[s.join].output[0]]
             sums[s.id][0] += float(np.sum((joined - values[s.other]) ** 2))
