@@ -183,7 +183,10 @@ def text_task(name: str, cache: str, device: str = "cpu") -> Task:
 # The digits models
 # --------------------------------------------------------------------------------------------
 
-def deep_resnet(stages: tuple[int, ...] = (32, 64, 128), blocks: int = 3, seed: int = 0):
+DEEP_STAGES, DEEP_BLOCKS = (16, 32, 64), 3
+
+
+def deep_resnet(stages: tuple[int, ...] = DEEP_STAGES, blocks: int = DEEP_BLOCKS, seed: int = 0):
     """A residual net for 1x8x8 digits: a stem, then `blocks` basic blocks per stage (the first of
     each later stage strided, with a 1x1 projection shortcut), global pooling and a Linear."""
     import torch
@@ -213,7 +216,8 @@ def deep_resnet(stages: tuple[int, ...] = (32, 64, 128), blocks: int = 3, seed: 
 
 def digits_task(name: str, cache: str) -> Task:
     data = digits.load(0)
-    path = os.path.join(cache, f"digits_{name}.onnx")
+    shape = f"_{'-'.join(map(str, DEEP_STAGES))}x{DEEP_BLOCKS}" if name == "resnet_deep" else ""
+    path = os.path.join(cache, f"digits_{name}{shape}.onnx")
     if not os.path.exists(path):
         if name == "resnet_deep":
             import torch
@@ -346,11 +350,12 @@ def main():
                 print(f"{name}: {path}" + (f" (trained in {seconds:.0f} s)" if seconds else " (cached)")
                       + f"; held-out word accuracy {exact:.3f}, character accuracy {chars:.3f} (torch)", flush=True)
         return
-    tasks = {name: task(name, args.cache, args.train_device) for name in args.models}
-    cells = []
-    jobs = [(name, method, target) for name in args.models for target in args.targets for method in args.methods]
-    with tqdm(total=len(jobs) + len(tasks), desc="pruning", file=sys.stderr) as bar:
-        for name, t in tasks.items():
+    tasks, cells = {}, []
+    with tqdm(total=len(args.models) * (1 + len(args.targets) * len(args.methods)), desc="pruning",
+              file=sys.stderr) as bar:
+        for name in args.models:
+            bar.set_postfix_str(f"{name} (training or loading)")
+            t = tasks[name] = task(name, args.cache, args.train_device)
             cells.append(Cell(name, "dense", None, metrics=t.score(t.path)))
             bar.update(1)
             for target in args.targets:
