@@ -53,20 +53,40 @@ def output_kinds(model: onnx.ModelProto, loss: str = "auto") -> list[OutputKind]
         if tensor_type.elem_type not in _FLOATS:
             kinds.append(OutputKind(output.name, "none"))
             continue
-        node = producers.get(output.name)
+        dims = tensor_type.shape.dim
+        softmax = _softmax_axis(output.name, producers, opset, len(dims)) if loss != "mse" else None
         if loss == "mse":
             kinds.append(OutputKind(output.name, "mse"))
-        elif node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
-            scores = "probabilities" if node.op_type == "Softmax" else "log_probabilities"
-            kinds.append(OutputKind(output.name, "kl", axis, scores))
+        elif softmax is not None:
+            kinds.append(OutputKind(output.name, "kl", *softmax))
         else:
-            dims = tensor_type.shape.dim
             two_d_scores = len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value <= 1)
             kinds.append(OutputKind(output.name, "kl" if loss == "kl" or two_d_scores else "mse"))
     if all(kind.loss == "none" for kind in kinds):
         raise SpaError("the model has no floating-point output to distill")
     return kinds
+
+
+def _softmax_axis(name: str, producers: dict, opset: int, rank: int) -> tuple[int, str] | None:
+    """(class axis of the output, "probabilities" or "log_probabilities") when a Softmax or
+    LogSoftmax computes the output, possibly behind Transposes (a CRNN's [T, B, C] made
+    [B, T, C]); None otherwise, or where an opset-12 softmax spans several axes."""
+    perms = []
+    node = producers.get(name)
+    while node is not None and node.op_type in ("Transpose", "Identity"):
+        if node.op_type == "Transpose":
+            perms.append(next((list(a.ints) for a in node.attribute if a.name == "perm"), list(range(rank))[::-1]))
+        node = producers.get(node.input[0])
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax") or (perms and not rank):
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+    if rank:
+        axis %= rank
+        if opset < 13 and axis != rank - 1:  # before opset 13, a softmax over every axis from `axis` on
+            return None
+    for perm in reversed(perms):  # in the order they run: output axis j is input axis perm[j]
+        axis = perm.index(axis)
+    return axis, "probabilities" if node.op_type == "Softmax" else "log_probabilities"
 
 
 def mse_scales(kinds: list[OutputKind], teacher: list[np.ndarray]) -> list[float]:

@@ -205,3 +205,10 @@ def test_without_torch_it_says_which_extra(models, tmp_path):
                        "-o", tmp_path / "o.onnx")
     assert result.returncode == 2 and "pip install 'spa[torch]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_softmax_behind_a_transpose_is_distilled_over_its_class_axis(tmp_path):
+    from models_zoo import wild
+
+    kinds = output_kinds(onnx.load(wild.crnn_plain(tmp_path / "crnn.onnx")))  # softmax on [T, B, C], then [B, T, C]
+    assert [(k.loss, k.axis, k.scores) for k in kinds] == [("kl", 2, "probabilities")]
