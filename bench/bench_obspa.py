@@ -13,11 +13,16 @@ search (spa.targets, global scope). Accuracy is on the held-out test split.
 
 `--ablation` also compares the data-free input generations (spa.synthetic) on the folded and on
 BatchNorm-kept exports, averaged over seeds: the numbers that chose the default.
+`--data-free METHOD ...` restricts the ablation to those generations. `--non-classifiers`
+compares them where inversion cannot go: a YOLOv8-style detector and a CRNN text recognizer of
+the wild zoo (random weights, BatchNorm folded), by the pruned model's output error relative to
+the dense model's on rendered scenes and words (models_zoo.wild), the inputs they are shaped for.
 `--resnet50 [METHOD ...]` times OBSPA (data-free, `auto` by default) on torchvision's ResNet-50
 exported to ONNX, to 70% FLOPs.
 
     python bench/bench_obspa.py                  # the table in the README
     python bench/bench_obspa.py --ablation       # + data-free input generations
+    python bench/bench_obspa.py --no-table --ablation --non-classifiers --seeds 2   # the README's table
     python bench/bench_obspa.py --no-table --orders   # sequential against one-shot compensation
     python bench/bench_obspa.py --resnet50       # + the ResNet-50 timing
     python bench/bench_obspa.py --resnet50 inversion --resnet50-samples 32 --resnet50-inversion-steps 20
@@ -89,9 +94,11 @@ def calibration(task: Task, samples: int, labels: bool) -> dict[str, np.ndarray]
 def run_method(task: Task, method: str, flops: float, args, **options) -> dict:
     start = time.perf_counter()
     calib = options.pop("calib", None)
+    seed = options.pop("seed", 0)  # prune's own: it seeds OBSPA's generated inputs
     settings = {"obspa": options} if method == "obspa" else options
     # round_to=1: the FLOPs points are compared unrounded (the digits models' layers are 16-64 channels)
-    model, report = spa.prune(task.path, target_flops=flops, criterion=method, calib=calib, round_to=1, **settings)
+    model, report = spa.prune(task.path, target_flops=flops, criterion=method, calib=calib, round_to=1, seed=seed,
+                              **settings)
     seconds = time.perf_counter() - start
     return {"acc": digits.accuracy(model, task.data.x_test, task.data.y_test),
             "flops": report.flops_after / report.flops_before,
@@ -132,7 +139,7 @@ def ablation(tasks: list[Task], args):
     print("\n| model | data-free inputs | " + " | ".join(f"acc @ {f:.0%} FLOPs" for f in args.flops) + " | wall time |")
     print("|---|---|" + "---|" * len(args.flops) + "---|")
     for task in tasks:
-        for method in obspa.DATA_FREE[1:]:
+        for method in args.data_free:
             if "batchnorm" in method and "BN kept" not in task.name:
                 continue
             runs = [[run_method(task, "obspa", f, args, data_free=method, seed=s) for s in range(args.seeds)]
@@ -141,6 +148,45 @@ def ablation(tasks: list[Task], args):
                               for rs in runs)
             seconds = np.mean([r["seconds"] for rs in runs for r in rs])
             print(f"| {task.name} | {method} | {accs} | {seconds:.1f} s |", flush=True)
+
+
+def non_classifiers(args):
+    """Relative output error of the pruned detector and recognizer against the dense ones on data-
+    shaped inputs (mean over seeds), per data-free generation, with group L1 as the baseline."""
+    from models_zoo import wild
+
+    words = ["spa2024", "prune", "hello42", "ONNX", "kernel", "data7", "Surgeon", "obc", "tensor", "x9y",
+             "channel", "Hessian", "zero", "pixel", "ab1", "model"]
+    models = {
+        "yolov8 (detector)": ("yolov8", lambda: {"images": wild.scene_image(64, 64, seed=100, batch=16)}),
+        "crnn (recognizer)": ("crnn", lambda: {"input": np.concatenate(
+            [wild.word_image(w, seed=100 + i) for i, w in enumerate(words)])}),
+    }
+    print("\n| model | data-free inputs | " + " | ".join(f"output error @ {f:.0%} FLOPs" for f in args.flops)
+          + " | wall time |")
+    print("|---|---|" + "---|" * len(args.flops) + "---|")
+    for label, (name, data) in models.items():
+        path = os.path.join(args.cache, f"wild_{name}.onnx")
+        if not os.path.exists(path):
+            wild.write(name, path)
+        feeds = data()
+        dense = [o.astype(np.float64) for o in spa.runtime.run(path, feeds)]
+        shapes = wild.WILD_ZOO[name].input_shapes
+        methods = [("group L1", "l1", {})] + [(m, "obspa", {"data_free": m}) for m in args.data_free
+                                               if "batchnorm" not in m and "inversion" not in m]
+        for method_label, criterion, options in methods:
+            errors, seconds = [[] for _ in args.flops], []
+            for seed in range(args.seeds if criterion == "obspa" else 1):
+                for k, flops in enumerate(args.flops):
+                    start = time.perf_counter()
+                    model, _ = spa.prune(path, target_flops=flops, criterion=criterion, round_to=1,
+                                         input_shapes=shapes, seed=seed, obspa=options)
+                    seconds.append(time.perf_counter() - start)
+                    got = spa.runtime.run(model, feeds)
+                    errors[k].append(np.sqrt(sum(np.sum((g - d) ** 2) for g, d in zip(got, dense))
+                                             / sum(np.sum(d ** 2) for d in dense)))
+            cells = " | ".join(f"{np.mean(e):.3f}" for e in errors)
+            print(f"| {label} | {method_label} | {cells} | {np.mean(seconds):.1f} s |", flush=True)
 
 
 def orders(tasks: list[Task], args):
@@ -189,6 +235,10 @@ def main():
                         help="skip the gradient criteria (they need labels)")
     parser.add_argument("--ablation", action="store_true", help="compare the data-free input generations")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per data-free generation in --ablation")
+    parser.add_argument("--data-free", nargs="+", choices=obspa.DATA_FREE[1:], default=list(obspa.DATA_FREE[1:]),
+                        help="the data-free generations --ablation and --non-classifiers compare (default: all)")
+    parser.add_argument("--non-classifiers", action="store_true",
+                        help="compare the gradient-free generations on a detector and a text recognizer")
     parser.add_argument("--orders", action="store_true", help="compare sequential and one-shot compensation")
     parser.add_argument("--resnet50", nargs="*", choices=obspa.DATA_FREE, default=None,
                         help="time OBSPA on a ResNet-50 export with these data-free generations (default: auto)")
@@ -207,6 +257,8 @@ def main():
     if args.ablation:
         bn_kept = [digits_task("resnet", args.cache, True), digits_task("mobilenet_v2", args.cache, True)]
         ablation(tasks[:2] + bn_kept, args)
+    if args.non_classifiers:
+        non_classifiers(args)
     if args.orders:
         orders(tasks, args)
     if args.resnet50 is not None:

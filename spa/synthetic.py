@@ -1,6 +1,7 @@
 """Inputs made up for a model when there is no data (data-free OBSPA).
 
-- `gaussian_inputs`: standard normal inputs shaped like the model's.
+- `gaussian_inputs`: standard normal inputs shaped like the model's (`made_inputs` for any other
+  generator: spa.natural's images).
 - `invert`: the model's own view of its classes: starting from Gaussian inputs, each batch is
   optimized (Adam, a few dozen steps) so that the model classifies it confidently into classes
   spread evenly over the batch, with a total-variation prior that keeps images smooth, and, where
@@ -30,6 +31,12 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
 def gaussian_inputs(graph: Graph, samples: int, seed: int = 0, shapes: dict | None = None) -> Calibration:
     """Standard normal inputs shaped like the model's (the batch axis holds the samples), at the
     sizes `shapes` gives for symbolic ones (spa.inputs.choose_shapes)."""
+    return made_inputs(graph, samples, lambda rng, name, shape: rng.standard_normal(shape), seed, shapes)
+
+
+def made_inputs(graph: Graph, samples: int, make, seed: int = 0, shapes: dict | None = None) -> Calibration:
+    """Inputs from make(rng, input name, (samples, *shape)) -> float array, one per model input,
+    shaped like the model's (see gaussian_inputs)."""
     rng = np.random.default_rng(seed)
     inputs, fixed = {}, set()
     for vi in graph_inputs(graph.model):
@@ -44,7 +51,7 @@ def gaussian_inputs(graph: Graph, samples: int, seed: int = 0, shapes: dict | No
                            f"{onnx.TensorProto.DataType.Name(dtype)}: give calibration data (--calib)")
         if isinstance(shape[0], int):
             fixed.add(shape[0])
-        inputs[vi.name] = rng.standard_normal((samples, *shape[1:])).astype(helper.tensor_dtype_to_np_dtype(dtype))
+        inputs[vi.name] = make(rng, vi.name, (samples, *shape[1:])).astype(helper.tensor_dtype_to_np_dtype(dtype))
     batch = fixed.pop() if len(fixed) == 1 else None
     if batch:  # a model with a fixed batch size takes whole batches of it
         inputs = {n: a[:max(batch, samples - samples % batch)] for n, a in inputs.items()}

@@ -72,7 +72,7 @@ import networkx as nx
 import numpy as np
 from tqdm import tqdm
 
-from .. import synthetic
+from .. import natural, synthetic
 from ..activations import Network, RuntimeNetwork
 from ..calib import load_calibration
 from ..errors import SpaError
@@ -86,8 +86,10 @@ from .surgery import Surgeon, compensated, damped_inverse, greedy_scores
 # How inputs are made without data (spa.synthetic). "auto": "inversion" (+"batchnorm" where the
 # model has BatchNorm layers) for a classifier when it fits INVERSION_BUDGET, else "batchnorm"
 # where the model has BatchNorm layers, else "gaussian".
-DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm")
+DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm",
+             *natural.GENERATORS, *(f"{g}+batchnorm" for g in natural.GENERATORS))
 DEFAULT_INVERSION_STEPS = 50
+GRADIENT_FREE = "pink"  # what "auto" makes for a model with no BatchNorm it cannot invert (bench_obspa --ablation)
 INVERSION_BUDGET = 5e12  # multiply-adds "auto" may spend on inversion (a minute or two on 2 cores)
 DEFAULT_MAX_STEPS = 128
 DEFAULT_SEQUENTIAL_PASSES = 8  # bands of depth the sequential compensation solves one after another
@@ -176,21 +178,25 @@ class Obspa:
             self.inputs_used = "calibration"
             return [inputs for inputs, _ in self.calibration.batches(self.batch_size)], False
         method = self.data_free if self.data_free != "auto" else self._automatic(network)
-        if "batchnorm" in method and not network.batchnorms:
-            raise SpaError(f"data-free input generation '{method}' needs BatchNormalization layers; the model has none")
-        data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed, self.input_shapes)
         if "inversion" in method:
             try:  # the inversion needs gradients: the model in torch
                 torch_network = Network(self.graph, self.device)
             except (SpaError, ImportError) as e:
                 if isinstance(e, ImportError) and (self.data_free != "auto" or not missing(e)):
                     raise  # asked for by name, or a broken install: the caller says which extra
-                method = "batchnorm" if network.batchnorms else "gaussian"
+                method = self._gradient_free(network)
                 why = "PyTorch is not installed" if isinstance(e, ImportError) else f"the model is not in PyTorch ({e})"
                 self.notes.append(f"OBSPA: data-free inversion needs gradients and {why}; used {method} inputs")
-            else:
-                data = synthetic.invert(torch_network, data, steps=self.inversion_steps, batch_size=self.batch_size,
-                                        progress=self.progress)
+        if "batchnorm" in method and not network.batchnorms:
+            raise SpaError(f"data-free input generation '{method}' needs BatchNormalization layers; the model has none")
+        made = method.split("+")[0] if method != "batchnorm" else "gaussian"
+        if made in natural.GENERATORS:
+            data = natural.natural_inputs(self.graph, made, self.samples, self.seed, self.input_shapes)
+        else:  # the inversion starts from Gaussian inputs
+            data = synthetic.gaussian_inputs(self.graph, self.samples, self.seed, self.input_shapes)
+        if made == "inversion":
+            data = synthetic.invert(torch_network, data, steps=self.inversion_steps, batch_size=self.batch_size,
+                                    progress=self.progress)
         self.inputs_used = method
         if self.progress:
             print(f"OBSPA: data-free inputs: {method} ({self.samples} samples)", file=sys.stderr)
@@ -201,11 +207,19 @@ class Obspa:
     def _automatic(self, network: RuntimeNetwork) -> str:
         """Inversion for a classifier when it costs at most INVERSION_BUDGET multiply-adds (about
         3x a forward pass per step and sample), with BatchNorm batch statistics where the model
-        has BN layers; else BatchNorm statistics alone where it has some; else Gaussian inputs."""
+        has BN layers; else the best input generation that needs no gradients."""
         cost = 3 * count_flops(self.graph) * self.samples * self.inversion_steps
         if synthetic.classes(self.graph) and cost <= INVERSION_BUDGET:
             return "inversion+batchnorm" if network.batchnorms else "inversion"
-        return "batchnorm" if network.batchnorms else "gaussian"
+        return self._gradient_free(network)
+
+    def _gradient_free(self, network: RuntimeNetwork) -> str:
+        """BatchNorm statistics where the model has BN layers, else GRADIENT_FREE on inputs with
+        spatial axes (images, sequences), else Gaussian inputs."""
+        if network.batchnorms:
+            return "batchnorm"
+        spatial = any(len(self.graph.shape(name) or ()) in (3, 4) for name in network.input_names)
+        return GRADIENT_FREE if spatial else "gaussian"
 
     def _chunks(self, sizes: list[int]) -> list[list[int]]:
         """Consecutive layers whose Hessians fit the budget together (one layer at least)."""
