@@ -126,7 +126,7 @@ class ATO(GroupSparseOptimizer):
         self.freeze_step = max(4 * start_step, start_step + 1) if freeze_step is None else freeze_step
         self.controller_every, self.controller_batch = controller_every, controller_batch
         self.flops_weight, self.tau = flops_weight, tau
-        order = sorted(flops.group_ids, key=lambda g: _first_node(flops.analysis, g))
+        order = _graph_order(flops.analysis, flops.group_ids)
         self.layers = [flops.group_ids.index(g) for g in order]  # controller position -> GroupFlops column
         self.layer_of = np.array([self.layers.index(c) for c in flops.column])  # optimizer group -> layer
         self.position = np.array([u.unit for u in flops.units])  # optimizer group -> channel in its layer
@@ -242,16 +242,20 @@ class ATO(GroupSparseOptimizer):
         self.frozen = True
 
 
-def _first_node(analysis, group_id: int) -> int:
-    """Where a group starts in the graph: the first node that writes or reads its tensors."""
+def _graph_order(analysis, group_ids) -> list[int]:
+    """The groups sorted by where they start in the graph: the first node that writes or reads
+    one of their tensors, in topological order."""
     graph = analysis.graph
     order = {index: position for position, index in enumerate(graph.topological_order())}
-    nodes = []
-    for m in analysis.groups[group_id].members:
-        tensor = graph.tensors[m.tensor]
-        nodes += [tensor.producer] if tensor.producer is not None else []
-        nodes += tensor.consumers
-    return min((order[n] for n in nodes), default=0)
+
+    def start(group_id: int) -> int:
+        nodes = []
+        for m in analysis.groups[group_id].members:
+            tensor = graph.tensors[m.tensor]
+            nodes += ([tensor.producer] if tensor.producer is not None else []) + tensor.consumers
+        return min((order[n] for n in nodes), default=0)
+
+    return sorted(group_ids, key=start)
 
 
 __all__ = ["ATO", "Controller", "flops_penalty", "gumbel_sigmoid"]
