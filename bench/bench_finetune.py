@@ -7,7 +7,7 @@ its defaults but the epochs) on --samples unlabeled training images for each of 
 from the pruned model, and data-free (inputs inverted from the dense model, no data at all).
 Accuracy is top-1 in onnxruntime on the held-out 540 test images; "recovered" is the share of the
 accuracy the prune lost that came back; s / epoch is the training alone (no evaluation).
-Then the text recognizer (see recognizer_rows), L1-pruned and fine-tuned the same way.
+Then bench_quality.py's text recognizer (see recognizer_model), pruned and fine-tuned alike.
 
     python bench/bench_finetune.py                      # the table in the README
     python bench/bench_finetune.py --models resnet --epochs 1 3
@@ -18,99 +18,86 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import spa  # noqa: E402
 from bench.bench_obspa import digits_task  # noqa: E402
 from models_zoo import digits  # noqa: E402
-from spa.runtime import run  # noqa: E402
 
 PRUNES = {"L1": dict(criterion="l1"), "OBSPA data-free": dict(criterion="obspa")}
+
+
+@dataclass
+class Model:
+    """A trained model to prune and fine-tune, and how it is scored."""
+    name: str
+    path: str
+    score: Callable[[object], float]  # ONNX path or ModelProto -> accuracy on held-out data
+    unlabeled: dict[str, np.ndarray]  # --samples training inputs, by input name
+    distill: dict  # spa.finetune's options for it
+    data_free: bool  # also fine-tune on data-free inputs
+
+
+def digits_model(name: str, args) -> Model:
+    task = digits_task(name, args.cache)
+    return Model(name, task.path, lambda m: digits.accuracy(m, task.data.x_test, task.data.y_test),
+                 {"input": task.data.x_train[:args.samples]}, {}, True)
+
+
+def recognizer_model(args) -> Model:
+    """bench_quality.py's CRNN (BiLSTM, CTC) trained on rendered words, scored by exact-word
+    accuracy on its 1,000 held-out renderings. Its output is per-step logits [batch, steps,
+    classes]: KL over the last axis. Data-free inputs (Gaussian: it is no classifier) are skipped."""
+    from bench import bench_quality
+
+    task = bench_quality.text_task("crnn", args.quality_cache)
+    return Model("CRNN (words)", task.path, lambda m: task.score(m)["word accuracy"],
+                 {"input": task.calib(args.samples)}, {"loss": "kl", "class_axis": -1}, False)
 
 
 def recovered(dense: float, pruned: float, tuned: float) -> str:
     return f"{(tuned - pruned) / (dense - pruned):.0%}" if dense - pruned > 1e-9 else "-"
 
 
-def rows_for(task, args):
-    x_test, y_test = task.data.x_test, task.data.y_test
-    dense = digits.accuracy(task.path, x_test, y_test)
-    yield [task.name, "dense", "", "", f"{dense:.3f}", "", ""]
-    unlabeled = {"input": task.data.x_train[:args.samples]}
+def rows_for(model: Model, args):
+    dense = model.score(model.path)
+    yield [model.name, "dense", "", "", f"{dense:.3f}", "", ""]
     for label, options in PRUNES.items():
         # round_to=1: the FLOPs point compared unrounded (the digits models' layers are 16-256 channels)
-        pruned, report = spa.prune(task.path, target_flops=args.target_flops, round_to=1, **options)
+        pruned, report = spa.prune(model.path, target_flops=args.target_flops, round_to=1, **options)
         flops = report.flops_after / report.flops_before
-        before = digits.accuracy(pruned, x_test, y_test)
+        before = model.score(pruned)
         prune = f"{label} @ {flops:.2f} FLOPs"
-        yield [task.name, prune, "none", 0, f"{before:.3f}", "0%", ""]
-        runs = [(f"{args.samples} unlabeled", dict(data=unlabeled), e) for e in args.epochs]
+        yield [model.name, prune, "none", 0, f"{before:.3f}", "0%", ""]
+        runs = [(f"{args.samples} unlabeled", dict(data=model.unlabeled), e) for e in args.epochs]
         runs += [(f"data-free ({args.samples})", dict(data_free="auto", samples=args.samples), e)
-                 for e in args.data_free_epochs]
+                 for e in (args.data_free_epochs if model.data_free else ())]
         for inputs, source, epochs in runs:
-            tuned, result = spa.finetune(pruned, task.path, epochs=epochs, seed=args.seed, log=None, **source)
-            after = digits.accuracy(tuned, x_test, y_test)
-            yield [task.name, prune, inputs, epochs, f"{after:.3f}", recovered(dense, before, after),
+            tuned, result = spa.finetune(pruned, model.path, epochs=epochs, seed=args.seed, log=None,
+                                         **source, **model.distill)
+            after = model.score(tuned)
+            yield [model.name, prune, inputs, epochs, f"{after:.3f}", recovered(dense, before, after),
                    f"{result.seconds_per_epoch:.2f}"]
-
-
-def recognizer_rows(args):
-    """The wild zoo's CRNN (random-initialized, BatchNorm kept, dynamic batch), on rendered words.
-    With no trained recognizer here, the teacher's own readings are the labels: the share of
-    held-out words the pruned model reads (greedy CTC) as the original does, and of the time steps
-    whose most likely class is the original's."""
-    import numpy as np
-
-    from models_zoo import wild
-
-    path = os.path.join(args.cache, "crnn_plain.onnx")
-    if not os.path.exists(path):
-        wild.crnn_plain(path)
-    rng = np.random.default_rng(args.seed)
-    words = ["".join(rng.choice(list(wild.CHARACTERS), rng.integers(3, 9))) for _ in range(args.samples + 128)]
-    images = np.concatenate([wild.word_image(w, seed=i) for i, w in enumerate(words)])
-    train, test = {"image": images[:args.samples]}, {"image": images[args.samples:]}
-    reference = run(path, test)[0]
-
-    def scores(model) -> list[str]:
-        probabilities = run(model, test)[0]
-        same_words = np.mean([a == b for a, b in zip(transcriptions(probabilities), transcriptions(reference))])
-        same_steps = np.mean(probabilities.argmax(axis=2) == reference.argmax(axis=2))
-        return [f"{same_words:.3f}", f"{same_steps:.3f}"]
-
-    name = "CRNN (words)"
-    pruned, report = spa.prune(path, target_flops=args.target_flops, round_to=1, criterion="l1",
-                               input_shapes={"image": (1, 3, 32, 100)})
-    prune = f"L1 @ {report.flops_after / report.flops_before:.2f} FLOPs"
-    yield [name, prune, "none", 0, *scores(pruned), ""]
-    for epochs in args.epochs:
-        tuned, result = spa.finetune(pruned, path, train, epochs=epochs, seed=args.seed, log=None)
-        yield [name, prune, f"{args.samples} unlabeled", epochs, *scores(tuned), f"{result.seconds_per_epoch:.2f}"]
-
-
-def transcriptions(probabilities) -> list[str]:
-    """Greedy CTC decoding of [batch, steps, classes] (class 0 the blank)."""
-    from models_zoo.wild import CHARACTERS
-
-    words = []
-    for steps in probabilities.argmax(axis=2):
-        kept = [c for k, c in enumerate(steps) if c != 0 and (k == 0 or c != steps[k - 1])]
-        words.append("".join(CHARACTERS[c - 1] for c in kept))
-    return words
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "spa-bench-obspa"),
                         help="where the trained models are kept between runs (shared with bench_obspa.py)")
-    parser.add_argument("--models", nargs="+", default=["resnet", "mobilenet_v2"], choices=["resnet", "mobilenet_v2"])
+    parser.add_argument("--quality-cache", default=os.path.join(tempfile.gettempdir(), "spa-bench-quality"),
+                        help="where bench_quality.py keeps the trained recognizer (trained there if missing)")
+    parser.add_argument("--models", nargs="+", default=["resnet", "mobilenet_v2", "crnn"],
+                        choices=["resnet", "mobilenet_v2", "crnn"])
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--samples", type=int, default=256, help="unlabeled training images (and data-free inputs)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3, 10])
     parser.add_argument("--data-free-epochs", type=int, nargs="*", default=[1, 3, 10])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-recognizer", dest="recognizer", action="store_false", help="skip the CRNN text recognizer")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -121,12 +108,8 @@ def main():
     print("| model | prune | fine-tuned on | epochs | accuracy | recovered | s / epoch |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        for row in rows_for(digits_task(name, args.cache), args):
-            print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
-    if args.recognizer:
-        print("\n| model | prune | fine-tuned on | epochs | words read as the original | steps agreeing | s / epoch |")
-        print("|---|---|---|---|---|---|---|")
-        for row in recognizer_rows(args):
+        model = recognizer_model(args) if name == "crnn" else digits_model(name, args)
+        for row in rows_for(model, args):
             print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 

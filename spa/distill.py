@@ -39,10 +39,11 @@ class OutputKind:
     scores: str = "logits"  # "logits", "probabilities" (a Softmax's) or "log_probabilities" (a LogSoftmax's)
 
 
-def output_kinds(model: onnx.ModelProto, loss: str = "auto") -> list[OutputKind]:
+def output_kinds(model: onnx.ModelProto, loss: str = "auto", class_axis: int = 1) -> list[OutputKind]:
     """The loss of each graph output: with "auto", KL for an output a Softmax or LogSoftmax
     computes (over its axis) and for a (batch, classes) output, MSE for the rest; "kl" takes
-    every other output as class logits on axis 1; "mse" matches every output's values."""
+    every other output as class logits on `class_axis` (1: NCHW maps; -1: a recognizer's
+    [batch, steps, classes]); "mse" matches every output's values."""
     if loss not in LOSSES:
         raise SpaError(f"unknown distillation loss '{loss}' (choose from {', '.join(LOSSES)})")
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -61,7 +62,10 @@ def output_kinds(model: onnx.ModelProto, loss: str = "auto") -> list[OutputKind]
             kinds.append(OutputKind(output.name, "kl", *softmax))
         else:
             two_d_scores = len(dims) == 2 and not (dims[1].HasField("dim_value") and dims[1].dim_value <= 1)
-            kinds.append(OutputKind(output.name, "kl" if loss == "kl" or two_d_scores else "mse"))
+            if loss == "kl":
+                kinds.append(OutputKind(output.name, "kl", class_axis))
+            else:
+                kinds.append(OutputKind(output.name, "kl" if two_d_scores else "mse"))
     if all(kind.loss == "none" for kind in kinds):
         raise SpaError("the model has no floating-point output to distill")
     return kinds

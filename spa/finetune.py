@@ -63,7 +63,7 @@ class FinetuneReport:
 
 def finetune(student, teacher, data=None, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
              batch: int = DEFAULT_BATCH, temperature: float = DEFAULT_TEMPERATURE, loss: str = "auto", val=None,
-             data_free: str | None = None, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+             class_axis: int = 1, data_free: str | None = None, samples: int = DEFAULT_SAMPLES, seed: int = 0,
              log: Callable[[str], None] | None = print, progress: bool = False) -> tuple[onnx.ModelProto, FinetuneReport]:
     """Train the pruned `student` to match the `teacher` (paths or ModelProtos with the same
     inputs) and return (the student with its trained weights, FinetuneReport).
@@ -72,7 +72,8 @@ def finetune(student, teacher, data=None, epochs: int = DEFAULT_EPOCHS, lr: floa
     there, are ignored); or None with `data_free` (DATA_FREE) to train on `samples` inputs made
     from the teacher. val: the same for held-out inputs, with optional `labels` (class ids) for
     the accuracy; the loss, the agreement with the teacher and the accuracy are reported on it
-    before, after and at each epoch. loss: "auto", "kl" or "mse" (spa.distill.output_kinds).
+    before, after and at each epoch. loss: "auto", "kl" or "mse", and with "kl" the class axis of
+    outputs no Softmax computes (spa.distill.output_kinds).
     Training: Adam at `lr` with cosine decay, `batch` inputs a step, one line per epoch to `log`.
     """
     _check_settings(epochs, lr, batch, temperature, samples, data, data_free)
@@ -83,7 +84,7 @@ def finetune(student, teacher, data=None, epochs: int = DEFAULT_EPOCHS, lr: floa
     from .activations import default_device
     from .torch_bridge import TorchConversionError, to_torch, write_back
 
-    kinds = distill.output_kinds(student_model, loss)
+    kinds = distill.output_kinds(student_model, loss, class_axis)
     if data is not None:
         train_data, inputs_used = load_calibration(_existing(data), student_model), "data"
     else:

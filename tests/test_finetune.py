@@ -120,6 +120,7 @@ def test_output_kinds_follow_what_each_output_is(tmp_path):
     assert [k.loss for k in output_kinds(features)] == ["mse"]
     assert [k.loss for k in output_kinds(logits, "mse")] == ["mse"]
     assert [(k.loss, k.axis) for k in output_kinds(features, "kl")] == [("kl", 1)]
+    assert [(k.loss, k.axis) for k in output_kinds(features, "kl", class_axis=-1)] == [("kl", -1)]
 
 
 def test_a_feature_map_output_is_distilled_by_relative_mse(tmp_path):

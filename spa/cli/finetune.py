@@ -19,7 +19,7 @@ def cmd_finetune(args) -> int:
         check_output_path(args.report, protected=inputs + [output])
     model, report = finetune(
         args.model, args.teacher, args.data, epochs=args.epochs, lr=args.lr, batch=args.batch,
-        temperature=args.temperature, loss=args.loss, val=args.val, data_free=args.data_free, samples=args.samples,
+        temperature=args.temperature, loss=args.loss, class_axis=args.class_axis, val=args.val, data_free=args.data_free, samples=args.samples,
         seed=args.seed, progress=sys.stderr.isatty(),
     )
     save_model(model, output, protected=inputs)
@@ -77,6 +77,9 @@ def add_parser(subparsers) -> None:
                    help=f"softens the class distributions of the KL loss (default {DEFAULT_TEMPERATURE:g})")
     p.add_argument("--loss", default="auto", help="auto (KL on class outputs, relative MSE on the others, the default), "
                                                   "kl or mse on every output")
+    p.add_argument("--class-axis", type=int, default=1,
+                   help="with --loss kl, the class axis of outputs no Softmax computes (default 1; -1 for a "
+                        "recognizer's [batch, steps, classes])")
     p.add_argument("--seed", type=int, default=0, help="seed for the batch order and the made-up inputs")
     p.add_argument("--report", metavar="OUT.json", help="write the report (per-epoch history included) as JSON")
     p.set_defaults(run=cmd_finetune)
