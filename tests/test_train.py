@@ -418,6 +418,7 @@ def test_cli_train_ato_to_a_flops_target(mlp, npz, tmp_path, capsys):
                  "--optimizer", "ato", "--target-flops", "0.6", "--epochs", "2"])
     printed = capsys.readouterr().out
     assert code == 0 and "FLOPs target" in printed and "of 0.6 asked" in printed
+    assert "epoch 2/2" in printed and "FLOPs 0." in printed  # the masked model's FLOPs on the progress line
     assert np.isfinite(run(onnx.load(out), {"input": np.zeros((3, 1, 8, 8), np.float32)})[0]).all()
 
 

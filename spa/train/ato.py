@@ -202,7 +202,7 @@ class ATO(GroupSparseOptimizer):
         """The controller's logits, one tensor per layer (graph order)."""
         return self.controller()
 
-    def masked_flops(self) -> float:
+    def flops_left(self) -> float:
         """FLOPs of the model under the current masks, as a fraction of the full model's."""
         keep = [self.group_masks[torch.from_numpy(self.flops.column == c)] for c in range(len(self.flops.group_ids))]
         return float(self.flops.relative(keep))

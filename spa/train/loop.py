@@ -121,7 +121,8 @@ def fit(module: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset
         epochs: int = 10, batch: int = 64, seed: int = 0, val: Dataset | None = None,
         log: Callable[[str], None] | None = print) -> list[dict]:
     """Train with cosine learning-rate decay; one progress line per epoch (loss, accuracy, group
-    sparsity for HSPG/DHSPG). Returns the per-epoch history."""
+    sparsity, and the FLOPs left when the optimizer has a FLOPs model; COLLAPSED when the validation
+    accuracy falls below half the best before it). Returns the per-epoch history."""
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(epochs * _batches_per_epoch(len(data), batch), 1))
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -143,7 +144,9 @@ def fit(module: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset
             hits += batch_hits or 0
             seen += len(indices)
         record = {"epoch": epoch, "loss": total / max(seen, 1), "accuracy": hits / max(seen, 1) if loss == "ce" else None,
-                  "group_sparsity": getattr(optimizer, "group_sparsity", None), "seconds": time.perf_counter() - start_time}
+                  "group_sparsity": getattr(optimizer, "group_sparsity", None),
+                  "flops": optimizer.flops_left() if hasattr(optimizer, "flops_left") else None,
+                  "seconds": time.perf_counter() - start_time}
         if val is not None:
             scores = evaluate(module, val, loss)
             record.update(val_loss=scores["loss"], val_accuracy=scores["accuracy"])
@@ -201,6 +204,8 @@ def _progress_line(record: dict, epochs: int) -> str:
             parts.append(f"COLLAPSED (best {record['best_val_accuracy'] * 100:.1f}%)")
     if record["group_sparsity"] is not None:
         parts.append(f"group sparsity {record['group_sparsity']:.3f}")
+    if record.get("flops") is not None:
+        parts.append(f"FLOPs {record['flops']:.3f}")
     parts.append(f"{record['seconds']:.1f}s")
     return "  ".join(parts)
 
@@ -245,7 +250,7 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhsp
           epochs: int = 10, lr: float | None = None, batch: int = 64, base: str = "sgd", weight_decay: float = 0.0,
           start_pruning: float = 0.1, lmbda: float | None = None, epsilon: float = 0.95, seed: int = 0,
           untie_shared: bool = True, log: Callable[[str], None] | None = print,
-          target_flops: float | None = None) -> tuple[onnx.ModelProto, TrainReport]:
+          target_flops: float | None = None, erase: int | None = None) -> tuple[onnx.ModelProto, TrainReport]:
     """Train an ONNX model (path or ModelProto) with a prune-while-training optimizer, write the
     weights back and remove the channels that trained to zero. Returns (pruned ModelProto,
     TrainReport).
@@ -254,6 +259,8 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhsp
     subclass (a user's own), built with the same arguments as the built-in ones.
     target_sparsity: the fraction of channels to zero; target_flops (replacing it): the fraction
     of the model's FLOPs to keep, translated into channels per layer by SPA's FLOPs model.
+    H2SPG (optimizer "h2spg") trains whole structures instead (spa.train.structures) and erases
+    those trained to zero: `erase` N of them, or a target_flops.
 
     data, val: .npz paths or mappings with one array per graph input (by name) and `labels`
     (class ids for loss='ce', arrays of the output's shape for 'mse'); the loss is taken on the
@@ -275,7 +282,9 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhsp
     val_data = load_data(val, source, loss, what="validation data") if val is not None else None
     _check_batch(source, batch)
     train_data, held_out = _hold_out(train_data, optimizer_class.holdout, seed)
-    job = SparseTraining(model, untie_shared)
+    job = getattr(optimizer_class, "job", SparseTraining)(model, untie_shared)  # H2SPG's groups are structures
+    if erase is not None:
+        target_sparsity = _erase_share(job, erase)
     steps = epochs * _batches_per_epoch(len(train_data), batch)
     start_step = int(start_pruning * steps)
     settings = dict(lr=TRAIN_LR[base] if lr is None else lr, base=base, epsilon=epsilon, start_step=start_step,
@@ -285,9 +294,8 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhsp
     opt = optimizer_class(job.module.parameters(), job.groups, target_sparsity=target_sparsity, **target, **settings)
     if log:
         aim = f"target FLOPs {target_flops}" if target_flops is not None else f"target group sparsity {target_sparsity}"
-        log(f"{name.upper()} ({base}) on {len(job.units)} zero-invariant groups from "
-            f"{len(job.analysis.groups) - len(job.skipped)} SPA groups ({len(job.skipped)} left whole), "
-            f"{aim}, pruning from step {start_step} of {steps}")
+        aim = f"erase {erase} structures" if erase is not None else aim
+        log(f"{name.upper()} ({base}) on {job.summary()}, {aim}, pruning from step {start_step} of {steps}")
     torch.manual_seed(seed)
     opt.bind(job.module, held_out, lambda output, labels: _loss_and_hits(output, labels, loss)[0])
     history = fit(job.module, opt, train_data, loss, epochs, batch, seed, val_data, log)
@@ -311,6 +319,17 @@ def train(model, data, val=None, loss: str = "ce", optimizer: str | type = "dhsp
         for line in report.warnings:
             log(f"warning: {line}")
     return result.model, report
+
+
+def _erase_share(job, erase: int) -> float:
+    """`erase` structures as the fraction of the job's groups to zero."""
+    structures = getattr(job, "structures", None)
+    if structures is None:
+        raise SpaError("--erase N trains whole structures to zero: it goes with --optimizer h2spg")
+    if isinstance(erase, bool) or not isinstance(erase, int) or not 0 < erase < len(structures):
+        raise SpaError(f"--erase {erase}: give a whole number from 1 to {len(structures) - 1} (the model has "
+                       f"{len(structures)} structures H2SPG can train to zero)")
+    return erase / len(structures)
 
 
 def _hold_out(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:

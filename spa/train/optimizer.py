@@ -157,6 +157,17 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         """The fraction of groups that are exactly zero."""
         return self.zero_groups() / max(self.total_groups, 1)
 
+    def flops_left(self) -> float | None:
+        """The FLOPs of the model with the exactly-zero groups removed, over the full model's
+        (SPA's count; None without a FLOPs model)."""
+        if self.flops is None:
+            return None
+        zero = np.zeros(self.total_groups, dtype=bool)
+        with torch.no_grad():
+            for bundle in self.bundles:
+                zero[bundle.numbers.numpy()] = (bundle.gather(lambda p: p).abs().sum(dim=1) == 0).numpy()
+        return self.flops.counted(zero) / self.flops.full
+
     def zero_groups(self) -> int:
         with torch.no_grad():
             return sum(int((b.gather(lambda p: p).abs().sum(dim=1) == 0).sum()) for b in self.bundles)
