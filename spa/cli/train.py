@@ -15,7 +15,7 @@ def cmd_train(args) -> int:
     pruned, report = train(
         args.model, args.data, val=args.val, loss=args.loss, optimizer=args.optimizer,
         target_sparsity=args.target_sparsity, target_flops=args.target_flops, epochs=args.epochs, lr=args.lr, batch=args.batch, base=args.base,
-        lmbda=args.lmbda, seed=args.seed,
+        lmbda=args.lmbda, seed=args.seed, erase=args.erase,
     )
     save_model(pruned, output, protected=inputs)
     print()
@@ -50,11 +50,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val", metavar="VAL.npz", help="validation arrays, same keys: accuracy per epoch and of the result")
     p.add_argument("--loss", default="ce", help="ce (cross-entropy on class ids, the default) or mse")
     p.add_argument("--optimizer", default="dhspg",
-                   help="the optimizer, by its name in spa.train.OPTIMIZERS: dhspg (the default), hspg, hesso or ato "
-                        "(ato needs --target-flops)")
+                   help="the optimizer, by its name in spa.train.OPTIMIZERS: dhspg (the default), hspg, hesso, ato "
+                        "(needs --target-flops) or h2spg (erases whole structures: --erase N or --target-flops)")
     p.add_argument("--target-sparsity", type=ratio, default=0.5, help="fraction of channels to train to zero (default 0.5)")
     p.add_argument("--target-flops", type=ratio, default=None, metavar="F",
                    help="instead of --target-sparsity: the fraction of the model's FLOPs to keep (0.5: half)")
+    p.add_argument("--erase", type=int, default=None, metavar="N",
+                   help="with --optimizer h2spg: train N whole structures (residual branches, attention or MLP "
+                        "sub-layers) to zero and erase them")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=ratio, default=None, help="learning rate (default 0.1 for sgd, 3e-3 for adam and adamw)")
     p.add_argument("--batch", type=int, default=64)

@@ -21,7 +21,7 @@ from .rewrite import erase_structures
 from .scoring import score
 from .structures import Structure, find_structures
 
-__all__ = ["EraseReport", "Structure", "erase", "find_structures"]
+__all__ = ["EraseReport", "Structure", "choose_structures", "erase", "erase_structures", "find_structures"]
 
 
 @dataclass
@@ -65,7 +65,7 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
                        + (f" ({len(structures) - len(erasable)} kept)" if len(erasable) < len(structures) else ""))
     scores = score(graph, erasable, shapes, calibration)
     flops_before = count_flops(graph)
-    chosen = _choose(graph, sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
+    chosen = choose_structures(graph, sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
     erased = erase_structures(graph, chosen)
     validate(erased, graph.model, shapes)
     after = Graph(erased)
@@ -88,8 +88,8 @@ def _kept(graph: Graph, s: Structure, keep: set[str]) -> bool:
     return any(graph.nodes[i].name in keep or set(graph.nodes[i].output) & keep for i in s.removed)
 
 
-def _choose(graph: Graph, ranked: list[Structure], blocks: int | None, target_flops: float | None,
-            flops_before: int) -> list[Structure]:
+def choose_structures(graph: Graph, ranked: list[Structure], blocks: int | None, target_flops: float | None,
+                      flops_before: int) -> list[Structure]:
     """Least important first; a structure nested in a chosen one (or holding one) is skipped, so
     that nothing is erased or counted twice."""
     chosen: list[Structure] = []

@@ -242,6 +242,10 @@ class SparseTraining:
     def module(self) -> torch.nn.Module:
         return self.torch_model.module
 
+    def summary(self) -> str:
+        return (f"{len(self.units)} zero-invariant groups from {len(self.analysis.groups) - len(self.skipped)} SPA "
+                f"groups ({len(self.skipped)} left whole)")
+
     @cached_property
     def flops(self):
         """SPA's FLOPs model over the groups (spa.train.GroupFlops), for target_flops."""
