@@ -36,7 +36,8 @@ def load(seed: int = 0, test_fraction: float = 0.3) -> Digits:
 
 
 def build(name: str, seed: int = 0):
-    """A torch model for 1x8x8 digits: `resnet`, `mobilenet_v2` or `mlp`."""
+    """A torch model for 1x8x8 digits: `resnet`, `resnet_deep` (9 basic blocks, three stages of
+    three), `mobilenet_v2` or `mlp`."""
     import torch
     from torch import nn
 
@@ -71,6 +72,13 @@ def build(name: str, seed: int = 0):
     if name == "resnet":
         return nn.Sequential(conv_bn(1, 32), Basic(32, 32, 1), Basic(32, 64, 2), Basic(64, 64, 1),
                              Basic(64, 128, 2), head(128))
+    if name == "resnet_deep":
+        blocks, cin = [], 32
+        for stage, cout in enumerate((32, 64, 128)):
+            for b in range(3):
+                blocks.append(Basic(cin, cout, 2 if stage and not b else 1))
+                cin = cout
+        return nn.Sequential(conv_bn(1, 32), *blocks, head(128))
     if name == "mobilenet_v2":
         return nn.Sequential(conv_bn(1, 32, act="relu6"), Inverted(32, 16, 1, 1), Inverted(16, 24, 1, 4),
                              Inverted(24, 24, 1, 4), Inverted(24, 48, 2, 4), Inverted(48, 48, 1, 4),
@@ -78,10 +86,10 @@ def build(name: str, seed: int = 0):
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                              nn.Linear(256, CLASSES))
-    raise KeyError(f"no digits model '{name}' (choose from resnet, mobilenet_v2, mlp)")
+    raise KeyError(f"no digits model '{name}' (choose from {', '.join(MODELS)})")
 
 
-MODELS = ("resnet", "mobilenet_v2", "mlp")
+MODELS = ("resnet", "resnet_deep", "mobilenet_v2", "mlp")
 
 
 def train(model, data: Digits, epochs: int = 30, lr: float = 3e-3, batch: int = 64, seed: int = 0):
