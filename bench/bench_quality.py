@@ -263,19 +263,18 @@ def prune_cell(t: Task, method: str, target: float, calib_samples: int) -> Cell:
                 report.params_after / report.params_before, t.score(model), seconds)
 
 
-def table(cells: list[Cell], tasks: dict[str, Task]) -> str:
+def table(cells: list[Cell]) -> str:
+    """A markdown table; each cell's first metric is the headline that "of dense" compares."""
     lines = ["| model | method | target FLOPs | FLOPs kept | params kept | accuracy | of dense | wall time |",
              "|---|---|---|---|---|---|---|---|"]
     dense = {c.model: c for c in cells if c.target is None}
     for c in cells:
-        t = tasks[c.model]
-        values = [c.metrics[m] for m in t.metrics]
-        shown = " / ".join(f"{v:.3f}" for v in values)
-        head = t.metrics[0]
+        shown = " / ".join(f"{v:.3f}" for v in c.metrics.values())
         if c.target is None:
-            names = " / ".join(t.metrics)
-            lines.append(f"| {c.model} | dense | | 1.00 | 1.00 | {shown} ({names}) | | |")
+            names = f" ({' / '.join(c.metrics)})" if len(c.metrics) > 1 else ""
+            lines.append(f"| {c.model} | dense | | 1.00 | 1.00 | {shown}{names} | | |")
             continue
+        head = next(iter(c.metrics))
         base = dense[c.model].metrics[head] if c.model in dense else None
         ratio = f"{c.metrics[head] / base:.1%}" if base else ""
         lines.append(f"| {c.model} | {METHODS[c.method]} | {c.target:.1f} | {c.flops:.2f} | {c.params:.2f} | "
@@ -283,9 +282,9 @@ def table(cells: list[Cell], tasks: dict[str, Task]) -> str:
     return "\n".join(lines)
 
 
-def goals(cells: list[Cell], tasks: dict[str, Task]) -> list[str]:
+def goals(cells: list[Cell]) -> list[str]:
     """The issue's goals, checked on the cells that were run (a goal whose cells were not run is not shown)."""
-    found = {(c.model, c.method, c.target): c.metrics[tasks[c.model].metrics[0]] for c in cells}
+    found = {(c.model, c.method, c.target): next(iter(c.metrics.values())) for c in cells}
     out = []
 
     def keeps(model, method, target, share):
@@ -330,7 +329,13 @@ def main():
     parser.add_argument("--train-only", action="store_true", help="train (and cache) the recognizers, prune nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", help="write the cells to this JSON file")
+    parser.add_argument("--table-from", metavar="JSON", help="print the table and the goals of a saved --json run")
     args = parser.parse_args()
+    if args.table_from:
+        with open(args.table_from) as f:
+            cells = [Cell(**c) for c in json.load(f)]
+        print(table(cells) + "\n\n" + "\n".join(goals(cells)))
+        return
     if args.threads:
         import torch
 
@@ -365,11 +370,11 @@ def main():
                     bar.update(1)
                     if args.json:  # after every cell, so that an interrupted run keeps what it measured
                         write_json(args.json, cells)
-    print(table(cells, tasks))
+    print(table(cells))
     for name, t in tasks.items():
         if t.train_seconds:
             print(f"\n{name}: trained in {t.train_seconds:.0f} s")
-    print("\n" + "\n".join(goals(cells, tasks)))
+    print("\n" + "\n".join(goals(cells)))
     if args.json:
         write_json(args.json, cells)
 
