@@ -51,17 +51,25 @@ that whole set, which is the least-squares optimum min ||W X - W' X|| over W' wi
 columns at zero (ridge-damped by lambda).
 
 Data. With calibration data, its inputs are used (no labels needed). Without (data-free), inputs
-are generated (spa.synthetic): "gaussian" (standard normal, shaped like the model's inputs),
-"batchnorm" (the same, with every BatchNorm normalizing them by their own batch statistics, so each
-BN output has the statistics its running mean and variance imply for real data), "inversion"
-(Gaussian inputs optimized so the model classifies them confidently into evenly spread classes,
-with a smoothness prior and, where there are BN layers, a pull toward their running statistics),
-or "inversion+batchnorm". "auto" (the default) takes inversion for a classifier when it fits
-INVERSION_BUDGET multiply-adds (inversion+batchnorm where there are BN layers), else batchnorm
-where there are BN layers, else gaussian. On the digits models (bench/bench_obspa.py --ablation)
-inversion was best by far on BN-folded exports (MobileNetV2 at 70% FLOPs: 0.980 against 0.843 for
-gaussian) and inversion+batchnorm best on BN-kept ones (0.919 at 50% FLOPs against 0.861 for
-batchnorm and 0.365 for gaussian).
+are generated (spa.synthetic, spa.natural): "gaussian" (standard normal, shaped like the model's
+inputs); "smooth", "pink", "shapes" (natural-image-like: low-pass filtered noise, 1/f noise, random
+ellipses and strokes on a smooth background; standardized per channel after the model's own input
+normalization; no gradients needed); "inversion" (Gaussian inputs optimized so the model
+classifies them confidently into evenly spread classes, with a smoothness prior and, where there
+are BN layers, a pull toward their running statistics; PyTorch needed); and any of those but
+inversion with "+batchnorm" ("batchnorm" alone: gaussian), every BatchNorm then normalizing by its
+own batch statistics, so each BN output has the statistics its running mean and variance imply for
+real data. "auto" (the default) takes inversion for a classifier when it fits INVERSION_BUDGET
+multiply-adds and PyTorch can run the model (inversion+batchnorm where there are BN layers); else
+batchnorm where there are BN layers; else GRADIENT_FREE ("pink") for inputs with spatial axes
+(images, sequences); else gaussian. Measured (bench/bench_obspa.py --ablation, --non-classifiers):
+on the digits models inversion was best by far on BN-folded exports (MobileNetV2 at 70% FLOPs:
+0.980 against 0.843 for gaussian) and inversion+batchnorm on BN-kept ones (0.919 at 50% FLOPs
+against 0.861 for batchnorm and 0.365 for gaussian); where inversion cannot go, on the wild zoo's
+YOLOv8-style detector at 50% FLOPs, output error relative to the outputs' variation on rendered
+scenes: gaussian 0.88, smooth 0.32, pink 0.35, shapes 0.67 (group L1: 1.63). Pink, because smooth
+collapses on small images (digits ResNet at 70% FLOPs: smooth 0.187, pink 0.865, gaussian 0.869):
+1/f noise has the same statistics at every image size.
 """
 from __future__ import annotations
 
@@ -83,13 +91,14 @@ from .hessians import HessianStore, Moments, row_chunks
 from .layers import Layer, attr, find_layers
 from .surgery import Surgeon, compensated, damped_inverse, greedy_scores
 
-# How inputs are made without data (spa.synthetic). "auto": "inversion" (+"batchnorm" where the
-# model has BatchNorm layers) for a classifier when it fits INVERSION_BUDGET, else "batchnorm"
-# where the model has BatchNorm layers, else "gaussian".
+# How inputs are made without data (spa.synthetic, spa.natural). "auto": "inversion" (+"batchnorm"
+# where the model has BatchNorm layers) for a classifier when it fits INVERSION_BUDGET and PyTorch
+# runs it, else "batchnorm" where the model has BatchNorm layers, else GRADIENT_FREE for images and
+# sequences, else "gaussian".
 DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm",
              *natural.GENERATORS, *(f"{g}+batchnorm" for g in natural.GENERATORS))
 DEFAULT_INVERSION_STEPS = 50
-GRADIENT_FREE = "pink"  # what "auto" makes for a model with no BatchNorm it cannot invert (bench_obspa --ablation)
+GRADIENT_FREE = "pink"  # "auto" for images without BatchNorm it cannot invert (see the module docstring)
 INVERSION_BUDGET = 5e12  # multiply-adds "auto" may spend on inversion (a minute or two on 2 cores)
 DEFAULT_MAX_STEPS = 128
 DEFAULT_SEQUENTIAL_PASSES = 8  # bands of depth the sequential compensation solves one after another
