@@ -331,9 +331,14 @@ def main():
     parser.add_argument("--json", help="write the cells to this JSON file")
     parser.add_argument("--table-from", metavar="JSON", help="print the table and the goals of a saved --json run")
     args = parser.parse_args()
+    if not all(0 < t <= 1 for t in args.targets):
+        parser.error(f"--targets are fractions of the FLOPs to keep, in (0, 1]; got {args.targets}")
     if args.table_from:
-        with open(args.table_from) as f:
-            cells = [Cell(**c) for c in json.load(f)]
+        try:
+            with open(args.table_from) as f:
+                cells = [Cell(**c) for c in json.load(f)]
+        except (OSError, ValueError, TypeError) as error:
+            parser.error(f"--table-from {args.table_from}: not a saved run ({error})")
         print(table(cells) + "\n\n" + "\n".join(goals(cells)))
         return
     if args.threads:
@@ -380,4 +385,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except spa.SpaError as error:  # bad input: one line, not a traceback
+        sys.exit(f"bench_quality: {error}")
