@@ -183,50 +183,11 @@ def text_task(name: str, cache: str, device: str = "cpu") -> Task:
 # The digits models
 # --------------------------------------------------------------------------------------------
 
-DEEP_STAGES, DEEP_BLOCKS = (16, 32, 64), 3
-
-
-def deep_resnet(stages: tuple[int, ...] = DEEP_STAGES, blocks: int = DEEP_BLOCKS, seed: int = 0):
-    """A residual net for 1x8x8 digits: a stem, then `blocks` basic blocks per stage (the first of
-    each later stage strided, with a 1x1 projection shortcut), global pooling and a Linear."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-
-    def conv_bn(cin, cout, k, stride):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
-
-    class Basic(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.body = nn.Sequential(conv_bn(cin, cout, 3, stride), nn.ReLU(), conv_bn(cout, cout, 3, 1))
-            self.short = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-        def forward(self, x):
-            return torch.relu(self.body(x) + self.short(x))
-
-    layers, cin = [conv_bn(1, stages[0], 3, 1), nn.ReLU()], stages[0]
-    for i, cout in enumerate(stages):
-        for b in range(blocks):
-            layers.append(Basic(cin, cout, 2 if i and not b else 1))
-            cin = cout
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, digits.CLASSES))
-
-
 def digits_task(name: str, cache: str) -> Task:
     data = digits.load(0)
-    shape = f"_{'-'.join(map(str, DEEP_STAGES))}x{DEEP_BLOCKS}" if name == "resnet_deep" else ""
+    shape = "_16-32-64x3" if name == "resnet_deep" else ""  # the cache file of models_zoo.digits' resnet_deep
     path = os.path.join(cache, f"digits_{name}{shape}.onnx")
-    if not os.path.exists(path):
-        if name == "resnet_deep":
-            import torch
-
-            from frontends.torch import export
-
-            export(digits.train(deep_resnet(), data, epochs=30), torch.zeros(2, *digits.IMAGE_SHAPE), path)
-        else:
-            digits.trained_onnx(name, path)
+    digits.trained_onnx(name, path)
 
     def score(model) -> dict[str, float]:
         return {"accuracy": float((_outputs(model, data.x_test).argmax(1) == data.y_test).mean())}

@@ -36,8 +36,8 @@ def load(seed: int = 0, test_fraction: float = 0.3) -> Digits:
 
 
 def build(name: str, seed: int = 0):
-    """A torch model for 1x8x8 digits: `resnet`, `resnet_deep` (9 basic blocks, three stages of
-    three), `mobilenet_v2` or `mlp`."""
+    """A torch model for 1x8x8 digits: `resnet`, `resnet_deep` (9 basic blocks: three stages of
+    three at 16, 32 and 64 channels), `mobilenet_v2` or `mlp`."""
     import torch
     from torch import nn
 
@@ -73,12 +73,12 @@ def build(name: str, seed: int = 0):
         return nn.Sequential(conv_bn(1, 32), Basic(32, 32, 1), Basic(32, 64, 2), Basic(64, 64, 1),
                              Basic(64, 128, 2), head(128))
     if name == "resnet_deep":
-        blocks, cin = [], 32
-        for stage, cout in enumerate((32, 64, 128)):
+        blocks, cin = [], 16
+        for stage, cout in enumerate((16, 32, 64)):
             for b in range(3):
                 blocks.append(Basic(cin, cout, 2 if stage and not b else 1))
                 cin = cout
-        return nn.Sequential(conv_bn(1, 32), *blocks, head(128))
+        return nn.Sequential(conv_bn(1, 16), *blocks, head(64))
     if name == "mobilenet_v2":
         return nn.Sequential(conv_bn(1, 32, act="relu6"), Inverted(32, 16, 1, 1), Inverted(16, 24, 1, 4),
                              Inverted(24, 24, 1, 4), Inverted(24, 48, 2, 4), Inverted(48, 48, 1, 4),
