@@ -105,7 +105,8 @@ def used(model, **options) -> tuple[str, list[str]]:
 
 def test_auto_picks_what_the_docs_say(monkeypatch):
     """Inversion for a classifier it can invert; else BatchNorm statistics where there are BN
-    layers, the gradient-free generator on images and sequences, Gaussian noise on vectors."""
+    layers, the gradient-free generators (one for classifiers, one for the rest) on images and
+    sequences, Gaussian noise on vectors."""
     assert used(conv_net(head="classes"))[0] == "inversion"
     assert used(conv_net(head="classes", batchnorm=True))[0] == "inversion+batchnorm"
     assert used(conv_net(head="map"))[0] == obspa.GRADIENT_FREE
@@ -113,7 +114,7 @@ def test_auto_picks_what_the_docs_say(monkeypatch):
     assert used(conv_net(head="map", batchnorm=True))[0] == "batchnorm"
     assert used(mlp())[0] == "inversion"
     monkeypatch.setattr(obspa, "INVERSION_BUDGET", 0)
-    assert used(conv_net(head="classes"))[0] == obspa.GRADIENT_FREE
+    assert used(conv_net(head="classes"))[0] == obspa.GRADIENT_FREE_CLASSIFIER
     assert used(mlp())[0] == "gaussian"
 
 
@@ -122,9 +123,9 @@ def test_auto_without_torch_makes_gradient_free_inputs_and_says_so(monkeypatch):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
     monkeypatch.setattr(obspa, "Network", no_torch)
     method, notes = used(conv_net(head="classes"))
-    assert method == obspa.GRADIENT_FREE
+    assert method == obspa.GRADIENT_FREE_CLASSIFIER
     assert notes == [f"OBSPA: data-free inversion needs gradients and PyTorch is not installed; "
-                     f"used {obspa.GRADIENT_FREE} inputs"]
+                     f"used {obspa.GRADIENT_FREE_CLASSIFIER} inputs"]
     with pytest.raises(ModuleNotFoundError):
         used(conv_net(head="classes"), data_free="inversion")
 

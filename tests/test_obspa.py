@@ -324,7 +324,7 @@ def test_auto_inverts_a_classifier_within_budget_and_falls_back_beyond(exports, 
     assert used(folded) == "inversion"
     assert used(kept) == "inversion+batchnorm"
     monkeypatch.setattr(obspa, "INVERSION_BUDGET", 0)
-    assert used(folded) == obspa.GRADIENT_FREE  # images, no BatchNorm: natural-like inputs
+    assert used(folded) == obspa.GRADIENT_FREE_CLASSIFIER  # images, no BatchNorm: natural-like inputs
     assert used(kept) == "batchnorm"
     assert used(folded, calib={spa.Graph.load(folded).inputs[0]: np.zeros((4, 3, 32, 32), np.float32)}) == "calibration"
 

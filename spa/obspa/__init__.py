@@ -61,15 +61,18 @@ inversion with "+batchnorm" ("batchnorm" alone: gaussian), every BatchNorm then 
 own batch statistics, so each BN output has the statistics its running mean and variance imply for
 real data. "auto" (the default) takes inversion for a classifier when it fits INVERSION_BUDGET
 multiply-adds and PyTorch can run the model (inversion+batchnorm where there are BN layers); else
-batchnorm where there are BN layers; else GRADIENT_FREE ("pink") for inputs with spatial axes
-(images, sequences); else gaussian. Measured (bench/bench_obspa.py --ablation, --non-classifiers):
+batchnorm where there are BN layers; else, for inputs with spatial axes (images, sequences),
+GRADIENT_FREE_CLASSIFIER ("shapes") for a classifier and GRADIENT_FREE ("pink") for any other
+model; else gaussian. Measured (bench/bench_obspa.py --ablation, --non-classifiers):
 on the digits models inversion was best by far on BN-folded exports (MobileNetV2 at 70% FLOPs:
 0.980 against 0.843 for gaussian) and inversion+batchnorm on BN-kept ones (0.919 at 50% FLOPs
 against 0.861 for batchnorm and 0.365 for gaussian); where inversion cannot go, on the wild zoo's
 YOLOv8-style detector at 50% FLOPs, output error relative to the outputs' variation on rendered
-scenes: gaussian 0.88, smooth 0.32, pink 0.35, shapes 0.67 (group L1: 1.63). Pink, because smooth
-collapses on small images (digits ResNet at 70% FLOPs: smooth 0.187, pink 0.865, gaussian 0.869):
-1/f noise has the same statistics at every image size.
+scenes: gaussian 0.88, smooth 0.32, pink 0.35, shapes 0.67 (group L1: 1.63); on the digits ResNet
+(accuracy at 70% / 50% FLOPs, 2 seeds): gaussian 0.869 / 0.653, smooth 0.187 / 0.187, pink
+0.865 / 0.651, shapes 0.988 / 0.851. Shapes for a classifier (its strokes and edges are what the
+classes are made of); pink for the rest, because smooth fields, best on the detector's 64x64
+scenes, collapse on small images, while 1/f noise has the same statistics at every size.
 """
 from __future__ import annotations
 
@@ -93,12 +96,14 @@ from .surgery import Surgeon, compensated, damped_inverse, greedy_scores
 
 # How inputs are made without data (spa.synthetic, spa.natural). "auto": "inversion" (+"batchnorm"
 # where the model has BatchNorm layers) for a classifier when it fits INVERSION_BUDGET and PyTorch
-# runs it, else "batchnorm" where the model has BatchNorm layers, else GRADIENT_FREE for images and
-# sequences, else "gaussian".
+# runs it, else "batchnorm" where the model has BatchNorm layers, else GRADIENT_FREE_CLASSIFIER
+# (a classifier) or GRADIENT_FREE for images and sequences, else "gaussian".
 DATA_FREE = ("auto", "gaussian", "batchnorm", "inversion", "inversion+batchnorm",
              *natural.GENERATORS, *(f"{g}+batchnorm" for g in natural.GENERATORS))
 DEFAULT_INVERSION_STEPS = 50
-GRADIENT_FREE = "pink"  # "auto" for images without BatchNorm it cannot invert (see the module docstring)
+# "auto" for images and sequences without BatchNorm that it cannot invert (see the module docstring)
+GRADIENT_FREE = "pink"
+GRADIENT_FREE_CLASSIFIER = "shapes"  # the same for a classifier
 INVERSION_BUDGET = 5e12  # multiply-adds "auto" may spend on inversion (a minute or two on 2 cores)
 DEFAULT_MAX_STEPS = 128
 DEFAULT_SEQUENTIAL_PASSES = 8  # bands of depth the sequential compensation solves one after another
@@ -223,12 +228,14 @@ class Obspa:
         return self._gradient_free(network)
 
     def _gradient_free(self, network: RuntimeNetwork) -> str:
-        """BatchNorm statistics where the model has BN layers, else GRADIENT_FREE on inputs with
-        spatial axes (images, sequences), else Gaussian inputs."""
+        """BatchNorm statistics where the model has BN layers, else GRADIENT_FREE_CLASSIFIER for a
+        classifier and GRADIENT_FREE for any other model on inputs with spatial axes (images,
+        sequences), else Gaussian inputs."""
         if network.batchnorms:
             return "batchnorm"
-        spatial = any(len(self.graph.shape(name) or ()) in (3, 4) for name in network.input_names)
-        return GRADIENT_FREE if spatial else "gaussian"
+        if not any(len(self.graph.shape(name) or ()) in (3, 4) for name in network.input_names):
+            return "gaussian"
+        return GRADIENT_FREE_CLASSIFIER if synthetic.classes(self.graph) else GRADIENT_FREE
 
     def _chunks(self, sizes: list[int]) -> list[list[int]]:
         """Consecutive layers whose Hessians fit the budget together (one layer at least)."""
