@@ -240,12 +240,9 @@ def member_arrays(group: Group, graph) -> list[np.ndarray]:
     return arrays
 
 
-def member_unit_scores(member: Member, element_scores: np.ndarray) -> np.ndarray:
-    """Per unit: the mean element score over the slices the unit owns on this member."""
-    other_axes = tuple(a for a in range(element_scores.ndim) if a != member.axis)
-    per_index = element_scores.sum(axis=other_axes, dtype=np.float64) if other_axes else element_scores
-    slice_size = element_scores.size // max(element_scores.shape[member.axis], 1)
-    per_index = per_index / max(slice_size, 1)
+def member_unit_scores(member: Member, per_index: np.ndarray) -> np.ndarray:
+    """Per unit: the mean element score over the slices the unit owns on this member, from the
+    per-index means along the member's axis (index_scores)."""
     counts = np.diff(member.offsets)
     return np.add.reduceat(per_index[member.indices], member.offsets[:-1]) / counts
 
@@ -327,17 +324,42 @@ def check_scoring(criterion, aggregate: str, normalize: str) -> Criterion:
     return get_criterion(criterion)
 
 
-def member_scores(group: Group, graph, criterion: WeightCriterion, stats: dict[str, dict[str, np.ndarray]]) -> np.ndarray:
+def member_scores(group: Group, graph, criterion: WeightCriterion, stats: dict[str, dict[str, np.ndarray]],
+                  per_index: dict | None = None) -> np.ndarray:
     """(members, units): steps 1 and 2 of the module doc, for the members the criterion reads.
-    `stats`: statistic -> {parameter name -> array in ONNX layout}; a missing array counts as zeros."""
+    `stats`: statistic -> {parameter name -> array in ONNX layout}; a missing array counts as zeros.
+    `per_index` (see index_scores) holds the per-index scores of the groups' tensors, computed
+    once for all the groups that share a tensor; without it they are computed here."""
     members = (criterion.members or scored_members)(group, graph)
-    rows = []
-    for m in members:
-        w = graph.value(m.tensor)
-        w = w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)  # sums are taken in float64
-        tensor_stats = {k: np.asarray(stats[k].get(m.tensor, np.zeros(w.shape)), dtype=np.float64) for k in criterion.needs}
-        rows.append(criterion.unit(member_unit_scores(m, criterion.element(w, tensor_stats))))
+    per_index = per_index if per_index is not None else index_scores([group], graph, criterion, stats)
+    rows = [criterion.unit(member_unit_scores(m, per_index[m.tensor, m.axis])) for m in members]
     return np.stack(rows) if rows else np.zeros((0, group.units))
+
+
+def index_scores(groups, graph, criterion: WeightCriterion, stats: dict[str, dict[str, np.ndarray]]) -> dict:
+    """(tensor, axis) -> the mean element score of each index along the axis, for every member
+    the criterion reads in `groups`: a tensor's element scores are computed once, however many
+    groups read it (a conv weight is in its own group on axis 0 and in the one before on axis 1)."""
+    axes: dict[str, set[int]] = {}
+    for group in groups:
+        for m in (criterion.members or scored_members)(group, graph):
+            axes.setdefault(m.tensor, set()).add(m.axis)
+    result = {}
+    for tensor, tensor_axes in axes.items():
+        w = graph.value(tensor)
+        w = w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)  # sums are taken in float64
+        tensor_stats = {k: np.asarray(stats[k].get(tensor, np.zeros(w.shape)), dtype=np.float64) for k in criterion.needs}
+        element_scores = criterion.element(w, tensor_stats)
+        for axis in tensor_axes:
+            result[tensor, axis] = _index_means(element_scores, axis)
+    return result
+
+
+def _index_means(element_scores: np.ndarray, axis: int) -> np.ndarray:
+    """The mean element score of each index along `axis`."""
+    other_axes = tuple(a for a in range(element_scores.ndim) if a != axis)
+    per_index = element_scores.sum(axis=other_axes, dtype=np.float64) if other_axes else element_scores.astype(np.float64)
+    return per_index / max(element_scores.size // max(element_scores.shape[axis], 1), 1)
 
 
 def combined(per_member: np.ndarray, aggregate: str, normalize: str) -> np.ndarray:
@@ -391,11 +413,13 @@ def member_score_table(analysis: Analysis, criterion, groups=None, seed: int = 0
     if crit.per_batch:
         table = {g.id: 0.0 for g in groups}
         for weight, grads in source.batch_gradients():
+            per_index = index_scores(groups, graph, crit, {"grad": grads})
             for g in groups:
-                table[g.id] = table[g.id] + weight * member_scores(g, graph, crit, {"grad": grads})
+                table[g.id] = table[g.id] + weight * member_scores(g, graph, crit, {"grad": grads}, per_index)
         return table
     stats = source.statistics(crit.needs) if source else {}
-    return {g.id: member_scores(g, graph, crit, stats)
+    per_index = index_scores(groups, graph, crit, stats)
+    return {g.id: member_scores(g, graph, crit, stats, per_index)
             for g in tqdm(groups, desc=f"scoring ({crit.name})", unit="group", disable=not progress, leave=False)}
 
 
