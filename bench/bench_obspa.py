@@ -171,7 +171,7 @@ def non_classifiers(args):
         if not os.path.exists(path):
             wild.write(name, path)
         feeds = data()
-        dense = [o.astype(np.float64) for o in spa.runtime.run(path, feeds)]
+        dense = outputs(path, feeds)
         shapes = wild.WILD_ZOO[name].input_shapes
         methods = [("group L1", "l1", {})] + [(m, "obspa", {"data_free": m}) for m in args.data_free
                                                if "batchnorm" not in m and "inversion" not in m]
@@ -183,13 +183,20 @@ def non_classifiers(args):
                     model, _ = spa.prune(path, target_flops=flops, criterion=criterion, round_to=1,
                                          input_shapes=shapes, seed=seed, obspa=options)
                     seconds.append(time.perf_counter() - start)
-                    got = spa.runtime.run(model, feeds)
+                    got = outputs(model, feeds)
                     # relative to how much the outputs vary between inputs (a detector's box outputs
                     # carry a large constant part, its anchor grid, that no prune changes)
                     errors[k].append(np.sqrt(sum(np.sum((g - d) ** 2) for g, d in zip(got, dense))
                                              / sum(np.sum((d - d.mean(0)) ** 2) for d in dense)))
             cells = " | ".join(f"{np.mean(e):.3f}" for e in errors)
             print(f"| {label} | {method_label} | {cells} | {np.mean(seconds):.1f} s |", flush=True)
+
+
+def outputs(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs on every sample, one at a time (the wild zoo's recognizer fixes its batch at 1)."""
+    samples = len(next(iter(feeds.values())))
+    runs = [spa.runtime.run(model, {n: a[i:i + 1] for n, a in feeds.items()}) for i in range(samples)]
+    return [np.concatenate([r[k] for r in runs]).astype(np.float64) for k in range(len(runs[0]))]
 
 
 def orders(tasks: list[Task], args):
