@@ -60,6 +60,14 @@ def test_import_and_help_need_no_framework():
     assert result.returncode == 0, result.stderr
 
 
+def test_erase_without_torch(model_path, tmp_path):
+    """Erasing the residual block needs no framework either (importance from onnxruntime)."""
+    out, report = tmp_path / "erased.onnx", tmp_path / "erase.json"
+    result = spa_light("erase", model_path, "-o", out, "--blocks", "1", "--no-latency", "--report", report)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(report.read_text())["erased"]) == 1 and out.exists()
+
+
 def test_analyze_prune_bench_without_torch(model_path, tmp_path):
     assert spa_light("analyze", model_path).returncode == 0
     out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"

@@ -130,6 +130,7 @@ def prune_table(report) -> str:
 def add_parser(subparsers) -> None:
     from ..criteria import (AGGREGATIONS, CRITERIA, DEFAULT_AGGREGATION, DEFAULT_BATCH, DEFAULT_NORMALIZATION,
                             NORMALIZATIONS)
+    from ..obspa import DATA_FREE
     from ..targets import SCOPES
 
     p = subparsers.add_parser("prune", help="remove channels and write a smaller ONNX model")
@@ -155,8 +156,8 @@ def add_parser(subparsers) -> None:
                    help=f"importance criterion: {', '.join(CRITERIA)}, or obspa (Optimal Brain Surgeon with "
                         "compensation, no data needed) (default l1)")
     p.add_argument("--data-free", default="auto", metavar="HOW",
-                   help="obspa without --calib: how inputs are made: auto, gaussian, batchnorm, inversion, "
-                        "inversion+batchnorm (default auto)")
+                   help=f"obspa without --calib: how inputs are made: {', '.join(DATA_FREE)} (default auto; see "
+                        "the README's OBSPA section for what auto picks)")
     p.add_argument("--samples", type=int, default=None, metavar="N", help="obspa without --calib: inputs to make")
     p.add_argument("--aggregate", default=DEFAULT_AGGREGATION,
                    help=f"how a channel's scores on a group's members combine: {', '.join(AGGREGATIONS)} "
