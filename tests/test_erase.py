@@ -230,7 +230,7 @@ def test_torchvision_resnet18(tmp_path):
     _erase_all_joins(path, {"residual branch"})
 
 
-@pytest.mark.parametrize("name", ["bert_encoder", "gpt_decoder"])
+@pytest.mark.parametrize("name", ["bert_encoder", "gpt_decoder", "hf_llama"])
 def test_transformer_oracle(tmp_path, name):
     pytest.importorskip("torch")
     from models_zoo.transformer_models import export_transformer
@@ -242,6 +242,11 @@ def test_keras_resnet(framework_exports):
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
     _erase_all_joins(framework_exports.get("tf", "resnet"), {"residual branch"})
+
+
+def test_flax_resnet(framework_exports):
+    pytest.importorskip("jax2onnx")
+    _erase_all_joins(framework_exports.get("jax", "resnet"), {"residual branch"})
 
 
 def test_analyze_lists_structures(tmp_path, capsys):
