@@ -20,6 +20,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from spa.cli.common import markdown  # noqa: E402
+
 TARGET = 0.5
 
 
@@ -95,10 +97,7 @@ def main() -> int:
     header = ["model", "dense acc", "DHSPG acc", "change (points)", "group sparsity", "params", "FLOPs (MACs)",
               "pruned vs trained", "time dense / DHSPG"]
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown(rows, header))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

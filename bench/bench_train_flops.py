@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bench_train import dense, export_untrained  # noqa: E402  the dense baseline is the same run
+from spa.cli.common import markdown  # noqa: E402
 
 OPTIMIZERS = ("hspg", "dhspg", "hesso", "ato")
 FLOPS_TOLERANCE = 0.03  # relative to the target
@@ -105,10 +106,7 @@ def main() -> int:
         if abs(landing - 1) > FLOPS_TOLERANCE or change < -ACCURACY_POINTS:
             failed.append(f"{r['model']} {r['optimizer']}")
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown(rows, header))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: v for k, v in r.items() if k != "path"} for r in results], f, indent=1)

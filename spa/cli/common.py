@@ -46,6 +46,25 @@ def write_json(path, data, protected=()):
     os.replace(tmp, path)
 
 
+def write_result(model, output: str, protected: list, summary: str, report_path=None, report=None) -> None:
+    """A job's end: the model written (never over `protected`), its summary table printed, and
+    the report as JSON where asked."""
+    from ..io import save_model
+
+    save_model(model, output, protected=protected)
+    print()
+    print(summary)
+    print(f"\nwrote {output}")
+    if report_path:
+        write_json(report_path, report.to_dict(), protected=protected + [output])
+
+
+def markdown(rows: list[list], header: list[str]) -> str:
+    """A Markdown table, for results that go into the README."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
 def ratio(text: str) -> float:
     try:
         return float(text)

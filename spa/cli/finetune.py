@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from .common import ratio, table, write_json
+from .common import ratio, table, write_result
 
 
 def cmd_finetune(args) -> int:
     from ..errors import SpaError
     from ..finetune import finetune
-    from ..io import check_output_path, save_model
+    from ..io import check_output_path
 
     if (args.data is None) == (args.data_free is None):
         raise SpaError("give the inputs to distill on with --data INPUTS.npz, or --data-free (one of the two)")
@@ -22,12 +22,7 @@ def cmd_finetune(args) -> int:
         temperature=args.temperature, loss=args.loss, class_axis=args.class_axis, val=args.val, data_free=args.data_free, samples=args.samples,
         seed=args.seed, progress=sys.stderr.isatty(),
     )
-    save_model(model, output, protected=inputs)
-    print()
-    print(finetune_table(report))
-    print(f"\nwrote {output}")
-    if args.report:
-        write_json(args.report, report.to_dict(), protected=inputs + [output])
+    write_result(model, output, inputs, finetune_table(report), args.report, report)
     return 0
 
 

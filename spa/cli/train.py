@@ -1,11 +1,11 @@
 """`spa train`: train with a group-sparsity optimizer, then remove the channels that trained to zero."""
 from __future__ import annotations
 
-from .common import before_after, ratio, table, write_json
+from .common import before_after, ratio, table, write_result
 
 
 def cmd_train(args) -> int:
-    from ..io import check_output_path, save_model
+    from ..io import check_output_path
     from ..train import train
 
     inputs = [args.model, args.data] + ([args.val] if args.val else [])
@@ -17,12 +17,7 @@ def cmd_train(args) -> int:
         target_sparsity=args.target_sparsity, target_flops=args.target_flops, epochs=args.epochs, lr=args.lr, batch=args.batch, base=args.base,
         lmbda=args.lmbda, seed=args.seed, erase=args.erase,
     )
-    save_model(pruned, output, protected=inputs)
-    print()
-    print(train_table(report))
-    print(f"\nwrote {output}")
-    if args.report:
-        write_json(args.report, report.to_dict(), protected=inputs + [output])
+    write_result(pruned, output, inputs, train_table(report), args.report, report)
     return 0
 
 
