@@ -51,8 +51,10 @@ class LatencyModel:
         self.at = shapes_at(graph.model, self.shapes)  # every tensor's concrete shape
         self.cache = TimingCache(provider, threads)
         self.layers = [i for i, node in enumerate(graph.nodes) if _signature(graph, node, self.at) is not None]
-        self._rest_outputs = [o for i, node in enumerate(graph.nodes) if i not in set(self.layers) for o in node.output
+        layers = set(self.layers)
+        self._rest_outputs = [o for i, node in enumerate(graph.nodes) if i not in layers for o in node.output
                               if o and self.at.get(o) is not None]
+        self._rest_elements = sum(_numel(self.at[o]) for o in self._rest_outputs)  # the other operators' outputs
         if whole_ms is None:
             feeds = random_inputs(graph.model, shapes=self.shapes)
             whole_ms = latency([graph.model], feeds, threads=threads, provider=provider)[0]["min_ms"]
@@ -67,9 +69,8 @@ class LatencyModel:
 
     def predict_shapes(self, at: dict) -> float:
         layers = sum(self._layers_ms(at).values())
-        before = sum(_numel(self.at[o]) for o in self._rest_outputs)
         after = sum(_numel(at[o]) for o in self._rest_outputs)
-        return layers + self.rest_ms * (after / before if before else 1.0)
+        return layers + self.rest_ms * (after / self._rest_elements if self._rest_elements else 1.0)
 
     def unit_costs(self, groups) -> dict[int, float]:
         """Per group: the latency (ms) one of its channels costs, over the layers it runs through

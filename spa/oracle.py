@@ -72,8 +72,11 @@ def max_relative_error(original, pruned, removed: list[dict], feeds=None, batch:
     tensors erased structures output at their joins) are zeroed in the original too."""
     reference = zeroed(outputs_zeroed(original, list(erased)) if erased else original, removed)
     feeds = feeds or random_inputs(reference, batch=batch, shapes=choose_shapes(reference)[0])
-    want = run(reference, feeds)
-    got = run(pruned, feeds)
+    return output_error(run(pruned, feeds), run(reference, feeds))
+
+
+def output_error(got: list, want: list) -> float:
+    """max |got - want| / max |want|, the worst over the outputs."""
     worst = 0.0
     for a, b in zip(got, want):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

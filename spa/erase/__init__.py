@@ -15,7 +15,7 @@ from ..conform import default_opset, restore
 from ..errors import SpaError
 from ..graph import Graph
 from ..inputs import choose_shapes
-from ..metrics import count_flops, count_params, node_flops
+from ..metrics import count_flops, count_params
 from ..rewrite import validate
 from .rewrite import erase_structures
 from .scoring import score
@@ -65,7 +65,7 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
                        + (f" ({len(structures) - len(erasable)} kept)" if len(erasable) < len(structures) else ""))
     scores = score(graph, erasable, shapes, calibration)
     flops_before = count_flops(graph)
-    chosen = choose_structures(graph, sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
+    chosen = choose_structures(sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
     erased = erase_structures(graph, chosen)
     validate(erased, graph.model, shapes)
     after = Graph(erased)
@@ -88,7 +88,7 @@ def _kept(graph: Graph, s: Structure, keep: set[str]) -> bool:
     return any(graph.nodes[i].name in keep or set(graph.nodes[i].output) & keep for i in s.removed)
 
 
-def choose_structures(graph: Graph, ranked: list[Structure], blocks: int | None, target_flops: float | None,
+def choose_structures(ranked: list[Structure], blocks: int | None, target_flops: float | None,
                       flops_before: int) -> list[Structure]:
     """Least important first; a structure nested in a chosen one (or holding one) is skipped, so
     that nothing is erased or counted twice."""
@@ -104,7 +104,7 @@ def choose_structures(graph: Graph, ranked: list[Structure], blocks: int | None,
             continue
         chosen.append(s)
         removed |= s.removed
-        flops -= sum(node_flops(graph, i) for i in s.removed)
+        flops -= s.flops  # its operators' (the join, an Add, counts none)
     if blocks is not None and len(chosen) < blocks:
         raise SpaError(f"--blocks {blocks}: only {len(chosen)} structures can be erased together (the others are nested in them or share their join)")
     return sorted(chosen, key=lambda s: s.id)

@@ -37,6 +37,7 @@ from ..api import Report, apply
 from ..errors import SpaError
 from ..graph import Graph
 from ..groups import Analysis, Group, Member, analyze
+from ..oracle import output_error
 from ..rules import NodeView, rule_for
 from ..torch_bridge import TorchModel, to_torch, write_back
 
@@ -273,7 +274,7 @@ class SparseTraining:
         chosen = zero_units(self.units, values.__getitem__)
         pruned, report = apply(self.analysis, chosen, new_values=values, criterion="zero groups")
         feeds = feeds if feeds is not None else random_inputs(trained, batch=2)
-        error = _relative_error(run(trained, feeds), run(pruned, feeds))
+        error = output_error(run(pruned, feeds), run(trained, feeds))
         if error > rtol:
             raise SpaError(f"internal error: removing the zero channels changed the outputs by {error:.2e} (relative)")
         return Pruned(pruned, report, trained, chosen, error)
@@ -289,12 +290,3 @@ class Pruned:
     trained: onnx.ModelProto
     removed: dict[int, np.ndarray]
     max_relative_error: float
-
-
-def _relative_error(want: list[np.ndarray], got: list[np.ndarray]) -> float:
-    worst = 0.0
-    for a, b in zip(got, want):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        worst = max(worst, float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-12)))
-    return worst
-
