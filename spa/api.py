@@ -156,7 +156,13 @@ def prune(model, ratio: float | None = None, criterion: str | Criterion = "l1", 
                     round_to=round_to, shapes=shapes, opset=opset, notes=[shape_note] if shape_note else [])
     while True:
         with ScoringContext(**scoring) as context:  # a compensating criterion's state lives until compensation
-            chosen = _select(original, selection, crit, context, exact, keep, own_ratios, timing)
+            try:
+                chosen = _select(original, selection, crit, context, exact, keep, own_ratios, timing)
+            except SpaError:
+                if first is None:
+                    raise
+                first[1].notes.append("latency: the corrected aim was out of reach; the first choice stands")
+                return first
             new_values = crit.compensation(original, chosen, context) if crit.compensates else None
         try:
             pruned, report = apply(original, chosen, check=check, new_values=new_values,
