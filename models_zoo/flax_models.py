@@ -10,7 +10,7 @@ Importing this module imports JAX and Flax: it needs the 'jax' extra.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from models_zoo.entry import ZooEntry, entry
 
 import jax
 import jax.numpy as jnp
@@ -310,16 +310,8 @@ def vit(seed: int = 0) -> ViT:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ZooEntry:
-    build: Callable[..., nnx.Module]
-    input_shape: tuple[int, ...]
-    description: str
-    large: bool = False
-
-
 FLAX_ZOO: dict[str, ZooEntry] = {
-    fn.__name__: ZooEntry(fn, (2, *_IMAGE), (fn.__doc__ or "").strip().splitlines()[0])
+    fn.__name__: entry(fn, (2, *_IMAGE))
     for fn in (resnet, resnet_projection, mobilenet_v2, densenet, vit)
 }
 

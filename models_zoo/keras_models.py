@@ -11,7 +11,7 @@ Importing this module imports Keras (and so TensorFlow): it needs the 'tf' extra
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from models_zoo.entry import ZooEntry, entry
 
 from frontends.tensorflow import load_llvm_users_in_order
 
@@ -235,16 +235,8 @@ def keras_convnext_tiny(seed: int = 0) -> keras.Model:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ZooEntry:
-    build: Callable[..., keras.Model]
-    input_shape: tuple[int, ...]
-    description: str
-    large: bool = False
-
-
 def _entry(fn: Callable[..., keras.Model], large: bool = False) -> ZooEntry:
-    return ZooEntry(fn, (2, *_IMAGE), (fn.__doc__ or "").strip().splitlines()[0], large)
+    return entry(fn, (2, *_IMAGE), large)
 
 
 KERAS_ZOO: dict[str, ZooEntry] = {

@@ -9,7 +9,7 @@ Importing this module imports Paddle: it needs the 'paddle' extra.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from models_zoo.entry import ZooEntry, entry
 
 import numpy as np
 import paddle
@@ -116,18 +116,9 @@ def text_recognizer(seed: int = 0) -> nn.Layer:
     return randomize(_Recognizer(), seed)
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    build: Callable[..., nn.Layer]
-    input_shape: tuple[int, ...]
-    description: str
-    large: bool = False
-
-
 def _entry(fn: Callable[..., nn.Layer]) -> ZooEntry:
-    return ZooEntry(fn, (2, 3, 32, 32), (fn.__doc__ or "").strip().splitlines()[0])
+    return entry(fn, (2, 3, 32, 32))
 
 
 PADDLE_ZOO: dict[str, ZooEntry] = {"resnet": _entry(resnet), "pp_lcnet": _entry(pp_lcnet),
-                                   "text_recognizer": ZooEntry(text_recognizer, (2, 1, 32, 64),
-                                                               text_recognizer.__doc__.splitlines()[0])}
+                                   "text_recognizer": entry(text_recognizer, (2, 1, 32, 64))}

@@ -6,7 +6,7 @@ Inputs are NCHW with batch 2 and 32x32 images (see ``TORCH_ZOO``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from models_zoo.entry import ZooEntry, entry
 from typing import Callable
 
 import torch
@@ -637,16 +637,8 @@ def resnet50(seed: int = 0) -> nn.Module:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ZooEntry:
-    build: Callable[..., nn.Module]
-    input_shape: tuple[int, ...]
-    description: str
-    large: bool = False
-
-
 def _entry(fn: Callable[..., nn.Module], shape=(2, 3, 32, 32), large: bool = False) -> ZooEntry:
-    return ZooEntry(fn, tuple(shape), (fn.__doc__ or "").strip().splitlines()[0], large)
+    return entry(fn, shape, large)
 
 
 TORCH_ZOO: dict[str, ZooEntry] = {
