@@ -13,7 +13,7 @@ def cmd_erase(args) -> int:
     if args.report:
         check_output_path(args.report, protected=[args.model, output])
     erased, report = erase(args.model, blocks=args.blocks, target_flops=args.target_flops, keep=args.keep,
-                           input_shapes=args.input_shape, calib=args.calib)
+                           input_shapes=args.input_shape, calib=args.calib, criterion=args.criterion)
     rows = [before_after("parameters", report.params_before, report.params_after),
             before_after("FLOPs (MACs)", report.flops_before, report.flops_after),
             ["structures", "", f"{len(report.erased)} erased of {report.structures}", ""]]
@@ -27,7 +27,11 @@ def cmd_erase(args) -> int:
         print(note)
     print(table(rows, ["", "before", "after", "change"]))
     if report.erased:
-        print("\n" + erased_table(report.erased))
+        print(f"\ncriterion: {report.criterion} ({report.inputs} inputs)")
+        print(erased_table(report.erased))
+        for e in report.erased:
+            if e["compensated"]:
+                print(f"compensated after {e['id']}: {', '.join(e['compensated'])}")
     print(f"\nwrote {output} (opset {report.opset['written']})")
     if args.report:
         write_json(args.report, report.to_dict(), protected=[args.model, output])
@@ -35,7 +39,7 @@ def cmd_erase(args) -> int:
 
 
 def erased_table(erased: list[dict]) -> str:
-    """The erased structures (a report's `erased`), one row each."""
+    """The erased structures (a report's `erased`), one row each; the error is the criterion's score."""
     return "erased:\n" + table([[e["id"], e["kind"], e["output"], e["nodes"], human(e["params"]), human(e["flops"]),
                                  f"{e['score']:.4f}"] for e in erased],
                                 ["id", "kind", "output", "nodes", "params", "FLOPs", "error"])
@@ -51,9 +55,13 @@ def add_parser(subparsers) -> None:
     target.add_argument("--target-flops", type=ratio, metavar="F",
                         help="erase least important first until FLOPs are at most F times the original's")
     p.add_argument("--keep", nargs="+", default=[], metavar="NAME", help="node or tensor names never to erase")
+    p.add_argument("--criterion", default="influence", metavar="NAME",
+                   help="influence (default): rank by the error erasing causes at the join, kept weights unchanged; "
+                        "compensate: solve the layers after each join again by least squares to give the dense "
+                        "model's outputs, ranking by the error left after that")
     p.add_argument("--calib", metavar="FILE.npz",
-                   help="measure importance on these inputs (an array per model input, by name; no labels needed) "
-                        "instead of synthetic ones")
+                   help="measure importance (and, with --criterion compensate, solve the layers) on these inputs "
+                        "(an array per model input, by name; no labels needed) instead of synthetic ones")
     p.add_argument("--report", metavar="OUT.json", help="write the report as JSON")
     p.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency measurement")
     p.set_defaults(run=cmd_erase)

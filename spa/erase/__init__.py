@@ -2,7 +2,9 @@
 
 Beside channel groups, a second way to compress: find the removal structures (structures.py),
 score them data-free (scoring.py), and erase the least important (rewrite.py). Erasing a
-structure equals its output at the join becoming zero (the erase oracle).
+structure equals its output at the join becoming zero (the erase oracle). The "compensate"
+criterion then solves the layers after each join again (compensation.py), scoring a structure by
+the error that remains after it.
 """
 from __future__ import annotations
 
@@ -17,16 +19,21 @@ from ..graph import Graph
 from ..inputs import choose_shapes
 from ..metrics import count_flops, count_params
 from ..rewrite import validate
+from .compensation import compensate, residual_scores
 from .rewrite import erase_structures
-from .scoring import score
+from .scoring import BATCH, input_batches, score
 from .structures import Structure, find_structures
 
-__all__ = ["EraseReport", "Structure", "choose_structures", "erase", "erase_structures", "find_structures"]
+# "influence": the relative error at the join, the erased model exactly the original with the
+# structures' outputs zeroed; "compensate": the error left after the following layers are solved again.
+CRITERIA = ("influence", "compensate")
+
+__all__ = ["CRITERIA", "EraseReport", "Structure", "choose_structures", "erase", "erase_structures", "find_structures"]
 
 
 @dataclass
 class EraseReport:
-    erased: list[dict]  # id, kind, output, nodes, params, flops, score of each erased structure
+    erased: list[dict]  # id, kind, output, nodes, params, flops, score, compensated (weights) of each erased structure
     structures: int  # how many the model has
     params_before: int
     params_after: int
@@ -36,19 +43,24 @@ class EraseReport:
     input_shapes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     inputs: str = "data-free"  # what importance was measured on: "data-free" or "calibration"
+    criterion: str = "influence"  # one of CRITERIA
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def erase(model, blocks: int | None = None, target_flops: float | None = None, keep=(),
-          input_shapes: dict | None = None, calib=None) -> tuple[onnx.ModelProto, EraseReport]:
+          input_shapes: dict | None = None, calib=None, criterion: str = "influence") -> tuple[onnx.ModelProto, EraseReport]:
     """Erase the least important removal structures of `model` (a path, ModelProto or Graph):
     exactly `blocks` of them, or as many as it takes to reach `target_flops` times the original
     FLOPs (or until none is left). Names in `keep` (nodes or tensors) protect the structures they
     are in. Importance is measured on `calib` (an .npz path or a dict of arrays by input name; no
-    labels needed) or, without it, data-free (see scoring). Returns the erased model (at the
-    input's opset) and its report."""
+    labels needed) or, without it, data-free (see scoring). `criterion` (CRITERIA): "influence"
+    ranks by the error at the join and changes no kept weight; "compensate" ranks by the error
+    left once the layers after the join are solved again, and solves them again (see
+    compensation). Returns the erased model (at the input's opset) and its report."""
+    if criterion not in CRITERIA:
+        raise SpaError(f"unknown erasing criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
     if (blocks is None) == (target_flops is None):
         raise SpaError("give either a number of blocks or a FLOPs target to erase")
     if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0):
@@ -64,15 +76,22 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
         raise SpaError(f"--blocks {blocks}: the model has only {len(erasable)} erasable structure(s)"
                        + (f" ({len(structures) - len(erasable)} kept)" if len(erasable) < len(structures) else ""))
     scores = score(graph, erasable, shapes, calibration)
+    if criterion == "compensate":
+        # more samples than the influence needs: they fit every following layer's weights
+        batches = input_batches(graph, shapes, calibration, batch=BATCH)
+        scores = residual_scores(graph, erasable, batches, scores)
     flops_before = count_flops(graph)
     chosen = choose_structures(sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)
     erased = erase_structures(graph, chosen)
+    compensated: dict[int, list[str]] = {}
+    if criterion == "compensate":
+        erased, compensated = compensate(graph, erased, chosen, batches)
     validate(erased, graph.model, shapes)
     after = Graph(erased)
     written, restore_note = restore(erased, graph.origin, None, shapes)
     report = EraseReport(
         erased=[{"id": s.id, "kind": s.kind, "output": s.output, "nodes": len(s.nodes), "params": s.params,
-                 "flops": s.flops, "score": scores[s.id]} for s in chosen],
+                 "flops": s.flops, "score": scores[s.id], "compensated": compensated.get(s.id, [])} for s in chosen],
         structures=len(structures),
         params_before=count_params(graph), params_after=count_params(after),
         flops_before=flops_before, flops_after=count_flops(after),
@@ -80,6 +99,7 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
         input_shapes={n: list(s) for n, s in shapes.items()},
         notes=[n for n in (note, restore_note) if n],
         inputs="calibration" if calibration is not None else "data-free",
+        criterion=criterion,
     )
     return written, report
 

@@ -30,16 +30,20 @@ def score(graph: Graph, structures: list[Structure], shapes: dict | None = None,
     def receive(name, value):
         values[name] = np.asarray(value, dtype=np.float64)
 
-    if calib is not None:
-        batches = [inputs for inputs, _ in calib.batches(BATCH)]
-    else:
-        batches = [random_inputs(graph.model, batch=1, shapes=shapes, seed=seed) for seed in range(SAMPLES)]
     tapped = [graph.nodes[s.join].output[0] for s in structures] + [s.other for s in structures]
     network = RuntimeNetwork(graph)
-    for batch in batches:
+    for batch in input_batches(graph, shapes, calib, batch=1):
         network.stream(tapped, [batch], receive)
         for s in structures:
             joined = values[graph.nodes[s.join].output[0]]
             sums[s.id][0] += float(np.sum((joined - values[s.other]) ** 2))
             sums[s.id][1] += float(np.sum(joined ** 2))
     return {i: float(np.sqrt(err / total)) if total > 0 else float(err > 0) for i, (err, total) in sums.items()}
+
+
+def input_batches(graph: Graph, shapes: dict | None, calib: Calibration | None, batch: int) -> list[dict]:
+    """The inputs importance is measured on: the calibration data in batches of BATCH, or
+    SAMPLES synthetic batches of `batch` samples each."""
+    if calib is not None:
+        return [inputs for inputs, _ in calib.batches(BATCH)]
+    return [random_inputs(graph.model, batch=batch, shapes=shapes, seed=seed) for seed in range(SAMPLES)]

@@ -330,12 +330,7 @@ class Obspa:
     def _matrix(self, layer: Layer) -> np.ndarray:
         """The layer's matrix with the bias column, rows scaled as a following BatchNorm scales
         them, in float64."""
-        matrix = layer.matrix(self.graph.value(layer.weight))
-        if layer.bias is not None:
-            name, factor = layer.bias
-            bias = self.graph.value(name).astype(np.float64).reshape(-1) / factor
-            matrix = np.concatenate([matrix, bias[:, None]], axis=1)
-        return matrix * self._row_scale(layer)[:, None]
+        return layer.augmented(self.graph) * self._row_scale(layer)[:, None]
 
     def _row_scale(self, layer: Layer) -> np.ndarray:
         """gamma / sqrt(var + eps) of the BatchNormalization that reads the layer's output (so that
@@ -413,11 +408,4 @@ class Obspa:
     def _solved(self, layer: Layer, inverse: np.ndarray, removed: np.ndarray) -> dict[str, np.ndarray]:
         """The layer's weight (and bias) once `removed` features are gone and the rest compensate."""
         new = compensated(self._matrix(layer), inverse, removed)
-        new = new / self._row_scale(layer)[:, None]
-        features = new.shape[1] - (layer.bias is not None)
-        values = {layer.weight: layer.from_matrix(new[:, :features], self.graph.value(layer.weight))}
-        if layer.bias is not None:
-            name, factor = layer.bias
-            old = self.graph.value(name)
-            values[name] = (factor * new[:, -1]).reshape(old.shape).astype(old.dtype)
-        return values
+        return layer.values(self.graph, new / self._row_scale(layer)[:, None])

@@ -34,6 +34,26 @@ class Layer:
         moved = (matrix / self.alpha).reshape(moved_shape)
         return np.moveaxis(moved, (0, 1), (self.out_axis, self.in_axis)).astype(original.dtype)
 
+    def augmented(self, graph: Graph) -> np.ndarray:
+        """The matrix, with one more column where the outputs can take a shift: the bias
+        parameter over its factor (the weight of a constant input of 1)."""
+        matrix = self.matrix(graph.value(self.weight))
+        if self.bias is None:
+            return matrix
+        name, factor = self.bias
+        bias = graph.value(name).astype(np.float64).reshape(-1) / factor
+        return np.concatenate([matrix, bias[:, None]], axis=1)
+
+    def values(self, graph: Graph, augmented: np.ndarray) -> dict[str, np.ndarray]:
+        """The weight (and bias) an augmented matrix stands for, in their shapes and dtypes."""
+        features = augmented.shape[1] - (self.bias is not None)
+        values = {self.weight: self.from_matrix(augmented[:, :features], graph.value(self.weight))}
+        if self.bias is not None:
+            name, factor = self.bias
+            old = graph.value(name)
+            values[name] = (factor * augmented[:, -1]).reshape(old.shape).astype(old.dtype)
+        return values
+
     def features(self, indices: np.ndarray) -> np.ndarray:
         """The matrix columns of the given indices along the weight's input axis."""
         return (np.asarray(indices)[:, None] * self.kernel + np.arange(self.kernel)).ravel()
@@ -121,7 +141,7 @@ def find_layers(analysis: Analysis, groups: list[Group]) -> list[Layer]:
     for group in groups:
         for member in group.params:
             if member.tensor not in layers:
-                layers[member.tensor] = _layer(graph, member.tensor)
+                layers[member.tensor] = weight_layer(graph, member.tensor)
             layer = layers[member.tensor]
             if layer is not None and member.axis == layer.in_axis:
                 layer.units[group.id] = [layer.features(member.unit(u)) for u in range(group.units)]
@@ -130,7 +150,8 @@ def find_layers(analysis: Analysis, groups: list[Group]) -> list[Layer]:
     return sorted(found, key=lambda layer: min(position[n] for n in layer.nodes))
 
 
-def _layer(graph: Graph, weight: str) -> Layer | None:
+def weight_layer(graph: Graph, weight: str) -> Layer | None:
+    """The layer `weight` is, or None when it is no layer (see _uses)."""
     value = graph.value(weight)
     if value is None or not np.issubdtype(value.dtype, np.floating):
         return None
