@@ -77,8 +77,9 @@ def erase(model, blocks: int | None = None, target_flops: float | None = None, k
                        + (f" ({len(structures) - len(erasable)} kept)" if len(erasable) < len(structures) else ""))
     scores = score(graph, erasable, shapes, calibration)
     if criterion == "compensate":
-        # more samples than the influence needs: they fit every following layer's weights
-        batches = input_batches(graph, shapes, calibration, batch=BATCH)
+        # more synthetic samples than the influence needs: they solve every following layer's weights;
+        # calibration in half batches, so that from 32 samples on there is one to solve on and one to score on
+        batches = input_batches(graph, shapes, calibration, synthetic_batch=BATCH, calib_batch=BATCH // 2)
         scores = residual_scores(graph, erasable, batches, scores)
     flops_before = count_flops(graph)
     chosen = choose_structures(sorted(erasable, key=lambda s: scores[s.id]), blocks, target_flops, flops_before)

@@ -22,7 +22,8 @@ back: the score of the "compensate" criterion.
 Order: with several structures erased, layers are solved in waves, each against the model erased
 and compensated before it. Measured on the digits resnet_deep against solving all at once on the
 erased model: blocks 0 and 1 erased, 0.826 accuracy sequential against 0.402 at once data-free
-(0.974 against 0.957 on 128 training images; 0.102 erased alone); never worse in the cases tried.
+(0.974 against 0.957 on 128 training images; 0.102 erased alone); better in 7 of the 8 cases
+tried, the one loss 0.989 against 0.991.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def score(graph: Graph, structures: list[Structure], shapes: dict | None = None,
 
     tapped = [graph.nodes[s.join].output[0] for s in structures] + [s.other for s in structures]
     network = RuntimeNetwork(graph)
-    for batch in input_batches(graph, shapes, calib, batch=1):
+    for batch in input_batches(graph, shapes, calib, synthetic_batch=1):
         network.stream(tapped, [batch], receive)
         for s in structures:
             joined = values[graph.nodes[s.join].output[0]]
@@ -41,9 +41,10 @@ def score(graph: Graph, structures: list[Structure], shapes: dict | None = None,
     return {i: float(np.sqrt(err / total)) if total > 0 else float(err > 0) for i, (err, total) in sums.items()}
 
 
-def input_batches(graph: Graph, shapes: dict | None, calib: Calibration | None, batch: int) -> list[dict]:
-    """The inputs importance is measured on: the calibration data in batches of BATCH, or
-    SAMPLES synthetic batches of `batch` samples each."""
+def input_batches(graph: Graph, shapes: dict | None, calib: Calibration | None, synthetic_batch: int,
+                  calib_batch: int = BATCH) -> list[dict]:
+    """The inputs importance is measured on: the calibration data in batches of `calib_batch`, or
+    SAMPLES synthetic batches of `synthetic_batch` samples each."""
     if calib is not None:
-        return [inputs for inputs, _ in calib.batches(BATCH)]
-    return [random_inputs(graph.model, batch=batch, shapes=shapes, seed=seed) for seed in range(SAMPLES)]
+        return [inputs for inputs, _ in calib.batches(calib_batch)]
+    return [random_inputs(graph.model, batch=synthetic_batch, shapes=shapes, seed=seed) for seed in range(SAMPLES)]
