@@ -137,3 +137,20 @@ def test_cli_bad_criterion(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown erasing criterion 'bogus'" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", [pytest.param("resnet_basic", marks=pytest.mark.slow),  # 6 structures: about 20 s
+                                  "mobilenet_v2", "se_resnet", "vit"])
+def test_torch_zoo(exports, name):
+    """Convolutions, depthwise ones (no layer: the walk stops), SE gates, attention and MLP
+    sub-layers behind LayerNorm: valid, and closer to the dense model than plain erasing."""
+    path = exports.get(name, "dynamo")
+    model, graph = onnx.load(path), Graph.load(path)
+    compensated, report = erase(model, blocks=2, criterion="compensate")
+    onnx.checker.check_model(compensated, full_check=True)
+    assert any(e["compensated"] for e in report.erased)
+    chosen = [s for s in find_structures(graph) if s.id in {e["id"] for e in report.erased}]
+    feeds = random_inputs(model, batch=8, shapes=report.input_shapes, seed=1000)
+    dense = run(model, feeds)
+    plain = output_error(run(erase_structures(graph, chosen), feeds), dense)
+    assert output_error(run(compensated, feeds), dense) < plain
