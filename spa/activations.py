@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from .conform import upgrade
 from .errors import SpaError
 from .graph import Graph
-from .protos import node_reads
+from .protos import model_like, node_reads
 from .runtime import graph_inputs, run, session
 
 
@@ -176,20 +176,18 @@ class RuntimeNetwork:
                     node.output.extend([f"{node.output[0]}.batch_mean", f"{node.output[0]}.batch_var"])
                     node.attribute.append(helper.make_attribute("training_mode", 1))
         read = {n for node in nodes for n in node_reads(node)}
-        initializers = [numpy_helper.from_array(self.replaced[t.name] if t.name in self.replaced else graph.value(t.name), t.name)
-                        if t.name in self.replaced or t.data_location == onnx.TensorProto.EXTERNAL else t
-                        for t in graph.model.graph.initializer if t.name in read]
+        read_initializers = [t for t in graph.model.graph.initializer if t.name in read]
+        as_arrays = {t.name for t in read_initializers if t.name in self.replaced or t.data_location == onnx.TensorProto.EXTERNAL}
+        arrays = {name: self.replaced[name] if name in self.replaced else graph.value(name) for name in as_arrays}
         for name, value in self.replaced.items():  # parameters of Constant nodes and Identity copies
             if name not in graph.initializers:
                 for k, node in enumerate(nodes):
                     if node.output and node.output[0] == name:
                         nodes[k] = helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
         outputs = [helper.make_tensor_value_info(n, graph.tensors[n].dtype, None) for n in names]
-        model = helper.make_model(
-            helper.make_graph(nodes, "tapped", [vi for vi in graph.model.graph.input if vi.name in self.input_names],
-                              outputs, initializers),
-            opset_imports=graph.model.opset_import, ir_version=graph.model.ir_version)
-        model.functions.extend(graph.model.functions)
+        model = model_like(graph.model, nodes, [t for t in read_initializers if t.name not in as_arrays], arrays,
+                           inputs=[vi for vi in graph.model.graph.input if vi.name in self.input_names],
+                           outputs=outputs, value_info=[], name="tapped")
         if batch_statistics and graph.opset < 14:  # BatchNormalization's training_mode came with opset 14
             model = upgrade(model, 15)
         return model

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
+from onnx import helper
 
-from .protos import node_reads, still_read
+from .protos import model_like, node_reads, still_read
 from .symbols import Product, product
 
 # Only small tensors are folded: shape vectors, indices, scalars.
@@ -193,6 +192,8 @@ class _Partial:
         self.set(node.output[0], out, dtype)
 
     def _reference(self, node, full):
+        from onnx.reference import ReferenceEvaluator  # imported when first needed: a tenth of a second
+
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(f.dtype), f.shape)
                   for n, f in zip(node.input, full) if n]
         outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
@@ -246,18 +247,11 @@ def fold_shapes(model: onnx.ModelProto, shapes: dict,
         return None, known
     used = {n for i, node in enumerate(graph.node) if i not in dropped for n in node_reads(node)}
     used |= graph_outputs
-    new_initializers = [numpy_helper.from_array(folded[name], name) for name in folded
-                        if name in used and producers.get(name) in dropped]
+    new_initializers = {name: folded[name] for name in folded if name in used and producers.get(name) in dropped}
     nodes = _live_nodes([n for i, n in enumerate(graph.node) if i not in dropped], graph_outputs)
     initializers = still_read(graph.initializer, graph.node, nodes, graph)
-    new_graph = helper.make_graph(nodes, graph.name, graph.input, graph.output,
-                                  initializers + new_initializers, doc_string=graph.doc_string,
-                                  value_info=[v for v in graph.value_info if v.name not in folded])
-    new_graph.sparse_initializer.extend(graph.sparse_initializer)
-    new = helper.make_model(new_graph, opset_imports=model.opset_import, ir_version=model.ir_version,
-                            producer_name=model.producer_name, producer_version=model.producer_version)
-    new.functions.extend(model.functions)
-    new.metadata_props.extend(model.metadata_props)
+    new = model_like(model, nodes, initializers, new_initializers,
+                     value_info=[v for v in graph.value_info if v.name not in folded])
     return new, known
 
 

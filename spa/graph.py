@@ -256,11 +256,12 @@ def read_initializer(tensor: TensorProto, base_dir: str | None) -> np.ndarray:
     return numpy_helper.to_array(inline)
 
 
-def _check_model(model: onnx.ModelProto):
+def _check_model(model: onnx.ModelProto, initializer_sizes: bool = True):
     if not model.graph.node:
         raise SpaError("the model holds no ONNX graph (no nodes)")
     default_opset(model)
-    _check_initializer_sizes(model)
+    if initializer_sizes:  # reads (copies) every weight's bytes: once per input model
+        _check_initializer_sizes(model)
     try:
         onnx.checker.check_model(_skeleton(model))
     except onnx.checker.ValidationError as e:

@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import Graph
+from .protos import model_like
 from .inputs import choose_shapes
 from .runtime import random_inputs, run
 
@@ -29,14 +30,8 @@ def zeroed(model, removed: list[dict]) -> onnx.ModelProto:
         value[tuple(index)] = 0
     replaced_producers = {graph.tensors[n].producer for n in values if not n in graph.initializers}
     nodes = [n for i, n in enumerate(graph.nodes) if i not in replaced_producers]
-    initializers = [numpy_helper.from_array(values[t.name], t.name) if t.name in values else _inline(graph, t)
-                    for t in graph.model.graph.initializer]
-    initializers += [numpy_helper.from_array(v, n) for n, v in values.items() if n not in graph.initializers]
-    old = graph.model.graph
-    new_graph = helper.make_graph(nodes, old.name, old.input, old.output, initializers, value_info=old.value_info)
-    new = helper.make_model(new_graph, opset_imports=graph.model.opset_import, ir_version=graph.model.ir_version)
-    new.functions.extend(graph.model.functions)
-    return new
+    initializers = [_inline(graph, t) for t in graph.model.graph.initializer if t.name not in values]
+    return model_like(graph.model, nodes, initializers, values)
 
 
 def outputs_zeroed(model, tensors: list[str]) -> onnx.ModelProto:
@@ -52,12 +47,7 @@ def outputs_zeroed(model, tensors: list[str]) -> onnx.ModelProto:
         node.input[:] = [f"{n}_zeroed" if n in tensors else n for n in node.input]
         nodes.append(node)
         nodes += [helper.make_node("Mul", [n, zero.name], [f"{n}_zeroed"]) for n in node.output if n in tensors]
-    old = graph.model.graph
-    new_graph = helper.make_graph(nodes, old.name, old.input, old.output,
-                                  [_inline(graph, t) for t in old.initializer] + [zero])
-    new = helper.make_model(new_graph, opset_imports=graph.model.opset_import, ir_version=graph.model.ir_version)
-    new.functions.extend(graph.model.functions)
-    return new
+    return model_like(graph.model, nodes, [_inline(graph, t) for t in graph.model.graph.initializer] + [zero])
 
 
 def _inline(graph: Graph, tensor: onnx.TensorProto) -> onnx.TensorProto:

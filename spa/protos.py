@@ -1,6 +1,8 @@
 """Small helpers on ONNX protos shared by the graph and the passes."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -52,10 +54,25 @@ SERIALIZABLE_BYTES = 1_800_000_000
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """The model's serialized size. protobuf's ByteSize wraps around past 2 GB, so a model whose
-    initializers alone come near that is measured by its tensors' sizes instead."""
-    tensors = sum(int(np.prod(t.dims)) * _itemsize(t.data_type) for t in model.graph.initializer)
-    return tensors if tensors > SERIALIZABLE_BYTES else model.ByteSize()
+    """The model's serialized size, over by a few bytes per initializer at most. upb's ByteSize serializes
+    the whole message (a copy of every weight: a second on a 500 MB VGG), and wraps around past 2 GB,
+    so a raw-data initializer counts its values' bytes from its dims, and only the rest is measured."""
+    g = model.graph
+    rest = onnx.ModelProto(  # everything but the initializers
+        ir_version=model.ir_version, opset_import=model.opset_import, producer_name=model.producer_name,
+        producer_version=model.producer_version, domain=model.domain, model_version=model.model_version,
+        doc_string=model.doc_string, metadata_props=model.metadata_props, functions=model.functions,
+        graph=onnx.GraphProto(node=g.node, name=g.name, input=g.input, output=g.output, value_info=g.value_info,
+                              sparse_initializer=g.sparse_initializer, doc_string=g.doc_string,
+                              metadata_props=g.metadata_props))
+    return rest.ByteSize() + sum(_initializer_bytes(t) for t in g.initializer)
+
+
+def _initializer_bytes(t: onnx.TensorProto) -> int:
+    if t.HasField("raw_data"):  # reading raw_data would copy it
+        framing = 16 + len(t.name) + 11 * len(t.dims)  # tags, lengths, dims and type: at most this
+        return int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t.data_type) + framing
+    return t.ByteSize()  # typed fields or external data: small messages
 
 
 def _itemsize(data_type: int) -> int:
@@ -63,3 +80,45 @@ def _itemsize(data_type: int) -> int:
         return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
     except (KeyError, TypeError, ValueError):
         return 1
+
+
+def model_like(old: onnx.ModelProto, nodes, initializers=(), arrays: dict | None = None, inputs=None,
+               outputs=None, value_info=None, name: str | None = None) -> onnx.ModelProto:
+    """A model with `old`'s IR version, opsets, producer, functions and metadata, and a graph of
+    `nodes` with the TensorProtos `initializers` and the numpy `arrays` (name -> value) as its
+    initializers; `old`'s inputs, outputs, value_info and name where not given. Built in place:
+    helper.make_graph and make_model copy every weight twice more, and a repeated field's extend
+    copies a weight about three times slower than CopyFrom does (0.8 s against 0.25 s for 280 MB)."""
+    g = old.graph
+    model = onnx.ModelProto(ir_version=old.ir_version, opset_import=old.opset_import, producer_name=old.producer_name,
+                            producer_version=old.producer_version, domain=old.domain, model_version=old.model_version,
+                            doc_string=old.doc_string, metadata_props=old.metadata_props, functions=old.functions)
+    new = model.graph
+    new.name = g.name if name is None else name
+    new.doc_string = g.doc_string
+    new.node.extend(nodes)
+    new.input.extend(g.input if inputs is None else inputs)
+    new.output.extend(g.output if outputs is None else outputs)
+    new.value_info.extend(g.value_info if value_info is None else value_info)
+    new.sparse_initializer.extend(g.sparse_initializer)
+    for t in initializers:
+        new.initializer.add().CopyFrom(t)
+    for tensor_name, value in (arrays or {}).items():
+        write_array(new.initializer.add(), tensor_name, value)
+    return model
+
+
+_RAW_KINDS = "fiub"  # floats, signed and unsigned integers, bool: stored as their bytes
+
+
+def write_array(tensor: onnx.TensorProto, name: str, value) -> None:
+    """Fill `tensor` (say, a new element of a graph's initializers) with `value`, copying its bytes
+    once; numpy_helper.from_array then appending its result copies them twice more."""
+    value = np.asarray(value)
+    if value.dtype.kind not in _RAW_KINDS or value.dtype.itemsize > 8 or not value.dtype.isnative or sys.byteorder != "little":
+        tensor.CopyFrom(numpy_helper.from_array(value, name))  # bfloat16, float8, strings, big-endian
+        return
+    tensor.name = name
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
+    tensor.dims.extend(value.shape)
+    tensor.raw_data = value.tobytes()

@@ -12,11 +12,11 @@ import copy
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .errors import SpaError
 from .graph import Graph, _check_model, _skeleton
-from .protos import node_reads, still_read
+from .protos import model_like, node_reads, still_read
 from .rules import NodeView, Unknown, rule_for
 from .symbols import Product
 
@@ -41,7 +41,7 @@ class Edit:
         self.nodes = [copy.deepcopy(n) for n in graph.nodes]
         self.inserted: dict[int, list[onnx.NodeProto]] = {}  # new nodes, placed before node i
         self.dropped: set[int] = set()
-        self.new_initializers: list[onnx.TensorProto] = []
+        self.new_initializers: dict[str, np.ndarray] = {}  # name -> value
         self._names = set(graph.tensors) | {n.name for n in graph.nodes}
 
     # ------------------------------------------------------------------ facts for rules
@@ -88,7 +88,7 @@ class Edit:
 
     def add_constant(self, value: np.ndarray, hint: str) -> str:
         name = self.unique_name(hint)
-        self.new_initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        self.new_initializers[name] = np.asarray(value)
         return name
 
     def set_input_value(self, node_index: int, position: int, value: np.ndarray):
@@ -152,40 +152,31 @@ def _prune_params(graph: Graph, edit: Edit, new_values: dict[str, np.ndarray]):
             kept = np.ones(value.shape[axis], dtype=bool)
             kept[indices] = False
             value = value.compress(kept, axis=axis)  # a few times faster than np.delete
-        new = numpy_helper.from_array(value, tensor)
         if tensor in graph.copies or tensor in graph.constant_nodes:
             index = graph.tensors[tensor].producer
             edit.dropped.add(index)  # the Identity or Constant node becomes an initializer
-        edit.new_initializers.append(new)
+        edit.new_initializers[tensor] = value
 
 
 def _assemble(graph: Graph, edit: Edit) -> onnx.ModelProto:
     old = graph.model
-    replaced = {t.name for t in edit.new_initializers}
     # External data is read into the new model: it is written next to the new file, not the old one.
-    initializers = [
-        numpy_helper.from_array(graph.value(t.name), t.name) if t.data_location == onnx.TensorProto.EXTERNAL else t
-        for t in old.graph.initializer if t.name not in replaced
-    ] + edit.new_initializers
+    arrays = {t.name: graph.value(t.name) for t in old.graph.initializer
+              if t.data_location == onnx.TensorProto.EXTERNAL and t.name not in edit.new_initializers}
+    arrays.update(edit.new_initializers)
     nodes = []
     for i, node in enumerate(edit.nodes):
         nodes.extend(edit.inserted.get(i, []))
         if i not in edit.dropped:
             nodes.append(node)
     nodes = _without_dead(nodes, old.graph)
-    initializers = still_read(initializers, old.graph.node, nodes, old.graph)
-    value_info = [_resized(vi, edit) for vi in old.graph.value_info]
-    new_graph = helper.make_graph(
-        nodes, old.graph.name, [_resized(v, edit) for v in old.graph.input],
-        [_resized(v, edit) for v in old.graph.output], initializers, doc_string=old.graph.doc_string,
-        value_info=value_info,
-    )
-    new_graph.sparse_initializer.extend(old.graph.sparse_initializer)
-    model = helper.make_model(new_graph, opset_imports=old.opset_import, ir_version=old.ir_version,
-                              producer_name=old.producer_name, producer_version=old.producer_version)
-    model.functions.extend(old.functions)
-    model.metadata_props.extend(old.metadata_props)
-    return model
+    candidates = [*old.graph.initializer, *(onnx.TensorProto(name=n) for n in arrays)]  # still_read needs names only
+    live = {t.name for t in still_read(candidates, old.graph.node, nodes, old.graph)}
+    kept = [t for t in old.graph.initializer if t.name in live and t.name not in arrays]
+    arrays = {n: v for n, v in arrays.items() if n in live}
+    return model_like(old, nodes, kept, arrays, inputs=[_resized(v, edit) for v in old.graph.input],
+                      outputs=[_resized(v, edit) for v in old.graph.output],
+                      value_info=[_resized(vi, edit) for vi in old.graph.value_info])
 
 
 def _without_dead(nodes: list[onnx.NodeProto], old: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -218,8 +209,8 @@ def validate(model: onnx.ModelProto, reference: onnx.ModelProto | None = None, s
     """Raise SpaError unless the model passes onnx.checker, strict shape inference, and runs in
     onnxruntime (at input sizes `shapes`, see spa.inputs) with outputs of the ranks and static
     sizes the reference model declares."""
-    try:
-        _check_model(model)
+    try:  # the weights' sizes come from their arrays, and the onnxruntime run below refuses any that do not fit
+        _check_model(model, initializer_sizes=False)
     except SpaError as e:
         raise SpaError(f"the pruned model is invalid: {e}") from None
     try:

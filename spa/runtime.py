@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import tempfile
 import time
 
 import numpy as np
@@ -13,7 +12,6 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .errors import SpaError
-from .protos import SERIALIZABLE_BYTES, model_bytes
 
 
 
@@ -32,18 +30,45 @@ def session(model, threads: int | None = None, provider: str = "CPUExecutionProv
         options.intra_op_num_threads = threads
     try:
         if isinstance(model, onnx.ModelProto):
-            if model_bytes(model) > SERIALIZABLE_BYTES:  # cannot go to onnxruntime in memory
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = os.path.join(tmp, "model.onnx")
-                    onnx.save(model, path, save_as_external_data=True, location="model.onnx.data")
-                    try:
-                        return ort.InferenceSession(path, options, providers=[provider])
-                    finally:  # onnx.save moved the weights out of `model`: bring them back
-                        onnx.external_data_helper.load_external_data_for_model(model, tmp)
-            return ort.InferenceSession(model.SerializeToString(), options, providers=[provider])
+            skeleton, names, values = _weights_apart(model)
+            if names:
+                options.add_external_initializers(names, values)
+            return ort.InferenceSession(skeleton.SerializeToString(), options, providers=[provider])
         return ort.InferenceSession(os.fspath(model), options, providers=[provider])
     except Exception as e:  # onnxruntime raises its own exception types
         raise SpaError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+# Weights of these types go to onnxruntime as arrays (np.frombuffer reads them as they are stored).
+_ARRAY_TYPES = {t for t in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                            onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
+                            onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                            onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL)}
+_APART_ELEMENTS = 4096  # smaller weights stay in the graph: shape constants must be readable there
+
+
+def _weights_apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list]:
+    """The model with its large weights marked external, and those weights as OrtValues to hand to
+    onnxruntime beside it. Serializing a whole model copies every weight once more, and past 2 GB
+    protobuf cannot serialize it at all; a graph without its weights is small at any size."""
+    g = model.graph
+    initializers, names, values = [], [], []
+    for t in g.initializer:
+        if (t.data_type in _ARRAY_TYPES and t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL
+                and int(np.prod(t.dims, dtype=np.int64)) >= _APART_ELEMENTS):
+            array = np.frombuffer(t.raw_data, dtype=helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            t = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type, data_location=onnx.TensorProto.EXTERNAL)
+            t.external_data.add(key="location", value="given-in-memory")  # never read: onnxruntime takes the value given
+        initializers.append(t)
+    if not names:
+        return model, names, values
+    skeleton = onnx.ModelProto(
+        ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions,
+        graph=onnx.GraphProto(node=g.node, name=g.name, input=g.input, output=g.output, value_info=g.value_info,
+                              initializer=initializers, sparse_initializer=g.sparse_initializer))
+    return skeleton, names, values
 
 
 def quiet() -> ort.RunOptions:
